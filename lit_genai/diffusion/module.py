@@ -1,0 +1,270 @@
+"""Denoising diffusion as a LightningModule: training, validation loss, sampling, predict.
+
+Papers: Ho et al. 2020 (DDPM: L_simple, ancestral sampling), Nichol & Dhariwal 2021 (cosine
+schedule), Song et al. 2021 (DDIM sampling), Salimans & Ho 2022 (v-prediction), Ho & Salimans 2022
+(classifier-free guidance), Hang et al. 2023 (min-SNR-gamma weighting).
+
+The maths lives in ``schedules.py`` / ``losses.py`` / ``sampling.py``; the network is injected
+(``net``, any ``nn.Module`` mapping ``(x_t, t, y) -> output``). This file wires them together.
+
+Shape legend: B batch, C/H/W image, T number of diffusion steps.
+
+Classifier-free guidance convention (Ho & Salimans 2022, eq. 6):
+    eps~ = (1 + w) * eps(x_t, c) - w * eps(x_t, null)
+``guidance_scale`` is w: 0 means plain conditional sampling. diffusers' ``guidance_scale`` is 1 + w.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lit_genai.diffusion.losses import diffusion_loss, prediction_target
+from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
+from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
+from lit_genai.errors import ConfigError
+
+# Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
+# command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
+SAMPLING_OPTIONS = ("sampler", "sampling_steps", "eta", "skip", "variance", "guidance_scale", "clip_denoised")
+
+
+class Diffusion(LightningModule):
+    """Denoising diffusion probabilistic model (DDPM) with DDPM/DDIM samplers and guidance.
+
+    Args:
+        net: Denoiser mapping ``(x_t (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W)``, e.g.
+            ``lit_genai.nn.UNet``. For class-conditional models it must accept ``num_classes`` as
+            the null label used for guidance.
+        sample_shape: (C, H, W) of one image; linked from the data module.
+        num_classes: Number of classes the data offers; linked from the data module. The network
+            decides whether they are used: a net with ``num_classes=0`` is unconditional (labels are
+            ignored); one with ``num_classes > 0`` must match the data.
+        num_timesteps: Number of diffusion steps T (DDPM: 1000).
+        beta_schedule: Noise schedule: DDPM's ``linear``, improved DDPM's ``cosine`` or ``sigmoid``.
+        prediction: What the network predicts: noise ``eps`` (DDPM), ``x0``, or ``v`` (Salimans & Ho).
+        min_snr_gamma: If set, weight the loss by min-SNR-gamma (Hang et al. 2023; gamma = 5 there).
+        p_uncond: Probability of dropping the label during training (classifier-free guidance).
+        sampler: ``ddpm`` (ancestral, T steps) or ``ddim``.
+        sampling_steps: Number of DDIM steps (ignored by ``ddpm``).
+        eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like).
+        skip: DDIM timestep spacing: ``uniform`` or ``quadratic`` (DDIM's CIFAR-10 choice).
+        variance: DDPM sampler variance: ``beta`` (sigma^2 = beta_t, DDPM's CIFAR-10 choice) or
+            ``beta_tilde`` (the posterior variance).
+        guidance_scale: Classifier-free guidance weight w (see the module docstring).
+        clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step.
+        optimizer: Optimiser for the network's parameters.
+        lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
+        warmup_steps: Linear LR warm-up over this many steps (DDPM: 5000).
+        seed: Base seed of ``predict``: sample i of a batch starting at index k uses seed + k.
+    """
+
+    modality = "image"
+    ema_target = "net"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sample_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 0,
+        num_timesteps: int = 1000,
+        beta_schedule: Literal["linear", "cosine", "sigmoid"] = "linear",
+        prediction: Literal["eps", "x0", "v"] = "eps",
+        min_snr_gamma: Optional[float] = None,
+        p_uncond: float = 0.1,
+        sampler: Literal["ddpm", "ddim"] = "ddim",
+        sampling_steps: int = 100,
+        eta: float = 0.0,
+        skip: Literal["uniform", "quadratic"] = "uniform",
+        variance: Literal["beta", "beta_tilde"] = "beta",
+        guidance_scale: float = 0.0,
+        clip_denoised: bool = True,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        warmup_steps: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # `net` as a module: its weights are in the state dict already
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters(ignore=list(SAMPLING_OPTIONS))
+        if isinstance(self.hparams.get("net"), nn.Module):
+            self.hparams.pop("net")
+            self._hparams_initial.pop("net", None)
+        self.net = net
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
+        self.sampler, self.sampling_steps, self.eta, self.skip = sampler, sampling_steps, eta, skip
+        self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        _check_net(net, self.sample_shape, num_classes)
+
+        # Schedule in float64, kept as float32 buffers (moved with the module, not trained).
+        for name, value in schedule_tensors(make_betas(beta_schedule, num_timesteps)).items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """(B, C, H, W), (B,), (B,) -> network output (B, C, H, W)."""
+        return self.net(x_t, t, y) if self.num_classes > 0 else self.net(x_t, t)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
+        if self.num_classes > 0 and self.hparams.p_uncond > 0:
+            # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+            drop = torch.rand(y.shape, device=y.device) < self.hparams.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        terms = self._loss_terms(x0, y)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
+        return terms["loss"].mean()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        # Fixed t and noise per batch index, so the validation curve measures the model, not the dice.
+        generator = torch.Generator().manual_seed(batch_idx)
+        terms = self._loss_terms(*batch, generator=generator)
+        self.log("val/loss", terms["loss"].mean(), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(batch_idx)
+        terms = self._loss_terms(*batch, generator=generator)
+        self.log("test/loss", terms["loss"].mean(), sync_dist=True)
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """(B,) sample indices -> (B, C, H, W) samples in [-1, 1]; index k's label is k % num_classes."""
+        generator = torch.Generator().manual_seed(self.hparams.seed + int(batch[0]))
+        cond = batch.to(self.device) % self.num_classes if self.num_classes > 0 else None
+        return self.sample(batch.shape[0], cond=cond, generator=generator)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.net.parameters())
+        schedulers = []
+        if self.hparams.warmup_steps > 0:
+            warmup = self.hparams.warmup_steps
+            schedulers.append(
+                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            )
+        if self.lr_scheduler is not None:
+            schedulers.append(self.lr_scheduler(optimizer))
+        if not schedulers:
+            return optimizer
+        if len(schedulers) == 1:
+            scheduler = schedulers[0]
+        else:
+            scheduler = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, schedulers, milestones=[self.hparams.warmup_steps]
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        sampler: Optional[Literal["ddpm", "ddim"]] = None,
+        steps: Optional[int] = None,
+        eta: Optional[float] = None,
+        guidance_scale: Optional[float] = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Draw ``n`` images, (n, C, H, W) in [-1, 1]; options default to the module's settings.
+
+        ``cond`` (n,) class labels for a class-conditional model (None: unconditional, i.e. the null
+        label). The same ``generator`` seed gives the same images.
+        """
+        sampler = sampler or self.sampler
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        shape = (n, *self.sample_shape)
+        model_fn = self._model_fn(cond, guidance_scale)
+        options = dict(
+            prediction=self.hparams.prediction,
+            clip_denoised=self.clip_denoised,
+            generator=generator,
+            device=self.device,
+            progress=progress,
+        )
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            if sampler == "ddpm":
+                x = ddpm_sample(model_fn, shape, self.betas, variance=self.variance, **options)
+            else:
+                x = ddim_sample(
+                    model_fn,
+                    shape,
+                    self.alpha_bar,
+                    steps=steps or self.sampling_steps,
+                    eta=self.eta if eta is None else eta,
+                    skip=self.skip,
+                    **options,
+                )
+        finally:
+            self.net.train(was_training)
+        return x.clamp(-1, 1)  # (n, C, H, W)
+
+    def _loss_terms(
+        self, x0: Tensor, y: Tensor, generator: Optional[torch.Generator] = None
+    ) -> dict[str, Tensor]:
+        """Per-example L_simple (DDPM eq. 14) at random t: {"loss": (B,), "mse": (B,)}."""
+        B = x0.shape[0]
+        t = torch.randint(
+            0,
+            self.alpha_bar.shape[0],
+            (B,),
+            generator=generator,
+            device=generator.device if generator else x0.device,
+        ).to(x0.device)
+        eps = torch.randn(
+            x0.shape, generator=generator, device=generator.device if generator else x0.device
+        ).to(x0)
+        x_t = q_sample(x0, t, eps, self.alpha_bar)  # (B, C, H, W)
+        out = self(x_t, t, y)  # (B, C, H, W)
+        target = prediction_target(self.hparams.prediction, x0, eps, extract(self.alpha_bar, t, x0.ndim))
+        return diffusion_loss(
+            out,
+            target,
+            snr_t=self.snr[t],
+            prediction=self.hparams.prediction,
+            min_snr_gamma=self.hparams.min_snr_gamma,
+        )
+
+    def _model_fn(self, cond: Optional[Tensor], w: float):
+        """The denoiser as ``(x_t, t) -> output``, with classifier-free guidance when asked for."""
+        if self.num_classes == 0:
+            return lambda x_t, t: self.net(x_t, t)
+        if cond is None:  # unconditional sample from a conditional model: the null label
+            return lambda x_t, t: self.net(x_t, t, torch.full_like(t, self.num_classes))
+        y = cond.to(self.device)
+        if w == 0:
+            return lambda x_t, t: self.net(x_t, t, y)
+        null = torch.full_like(y, self.num_classes)
+
+        def guided(x_t: Tensor, t: Tensor) -> Tensor:
+            # One batched pass for both branches: (2B, C, H, W) -> two (B, C, H, W).
+            out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+            return out_u + (1 + w) * (out_c - out_u)  # = (1 + w) out_c - w out_u (Ho & Salimans eq. 6)
+
+        return guided
+
+
+def _check_net(net: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:
+    """Catch a network that does not fit the data before the first step (DESIGN.md contract 1)."""
+    channels = getattr(net, "in_channels", None)
+    if channels is not None and channels != sample_shape[0]:
+        raise ConfigError(
+            f"model.net.in_channels={channels} but the data's sample_shape={list(sample_shape)} has "
+            f"{sample_shape[0]} channel(s): set model.net.init_args.in_channels: {sample_shape[0]}"
+        )
+    net_classes = getattr(net, "num_classes", 0)
+    if net_classes > 0 and net_classes != num_classes:
+        raise ConfigError(
+            f"model.net.num_classes={net_classes} but the data has num_classes={num_classes}: set "
+            f"model.net.init_args.num_classes: {num_classes}"
+        )
