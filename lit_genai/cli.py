@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
 from lit_genai.errors import LitGenAIError
@@ -47,10 +48,12 @@ def wandb_logged_in() -> bool:
 
 
 def experiment_name(config_paths: list[Any]) -> str:
-    """``experiments/diffusion/mnist.yaml`` -> ``diffusion-mnist``; ``default`` without a config."""
+    """``experiments/diffusion/mnist.yaml`` -> ``diffusion-mnist``; ``default`` without a config.
+
+    With several ``--config`` files the first names the experiment (later ones are overrides)."""
     if not config_paths:
         return "default"
-    path = Path(str(getattr(config_paths[-1], "absolute", config_paths[-1])))
+    path = Path(str(getattr(config_paths[0], "absolute", config_paths[0])))
     return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
 
 
@@ -104,6 +107,7 @@ class LitGenAICLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.enable_version_counter": False,  # last.ckpt is always the newest
             }
         )
 
@@ -123,9 +127,13 @@ class LitGenAICLI(LightningCLI):
             if init_args.get("save_dir") in (None, ".", ""):
                 init_args.save_dir = root
             if "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
-                init_args.name = name
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+                # W&B: the run's display name; TensorBoard/CSV: a subfolder of the run folder.
+                kind = logger.class_path.rsplit(".", 1)[-1]
+                init_args.name = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv"}.get(kind, name)
+        if config.get("ckpt_path") == "last":
             config.ckpt_path = _find_last_checkpoint(config.checkpoint.dirpath)
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # checkpoints hold tensors and plain values only: load them safely
 
 
 def _find_last_checkpoint(dirpath: str) -> str:

@@ -233,3 +233,29 @@ def test_image_folder_missing_or_empty_root(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError, match="empty"):
         ImageFolder(root=str(tmp_path / "empty"))
+
+
+class _FakeCIFAR(torch.utils.data.Dataset):
+    """Stands in for torchvision's CIFAR10: 50 'train' or 20 'test' items tagged by split."""
+
+    def __init__(self, root, train=True, transform=None, download=False):
+        self.train, self.n = train, 50 if train else 20
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.full((3, 32, 32), 1.0 if self.train else -1.0), i % 10
+
+
+@pytest.mark.parametrize("val_split", ["train", "test"])
+def test_val_split_from_train_or_test(monkeypatch, val_split):
+    monkeypatch.setattr(CIFAR10, "dataset_cls", _FakeCIFAR)
+    data = CIFAR10(val_size=5, val_split=val_split)
+    data.setup("fit")
+    assert len(data.val_set) == 5
+    val_x = torch.stack([data.val_set[i][0] for i in range(5)])
+    if val_split == "test":  # every training image is kept for training (paper recipes)
+        assert len(data.train_set) == 50 and (val_x == -1).all()
+    else:
+        assert len(data.train_set) == 45 and (val_x == 1).all()

@@ -88,9 +88,8 @@ class SampleLogger(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.every_n_epochs <= 0 or not hasattr(pl_module, "sample"):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs != 0 and not trainer.is_last_batch:
-            return
-        self._draw(trainer, pl_module)
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_validation(trainer):
+            self._draw(trainer, pl_module)
 
     @rank_zero_only
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,6 +111,16 @@ class SampleLogger(Callback):
         log_image(
             trainer, "samples", grid, caption=f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         )
+
+
+def _last_validation(trainer: pl.Trainer) -> bool:
+    """Whether training stops after this validation (so the final weights always get a grid)."""
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    return (
+        trainer.should_stop
+        or (max_steps is not None and 0 < max_steps <= trainer.global_step)
+        or (max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
+    )
 
 
 class SampleWriter(BasePredictionWriter):
@@ -176,5 +185,7 @@ class SampleWriter(BasePredictionWriter):
         out = self.resolve_dir(trainer)
         if self.grid and trainer.is_global_zero:
             images = torch.cat(self._images).float() / 127.5 - 1  # (N, C, H, W) back in [-1, 1]
-            save_image(image_grid(images, self.nrow).float() / 255, out / "grid.png")
+            num_classes = getattr(pl_module, "num_classes", 0)
+            nrow = self.nrow or (num_classes if num_classes > 0 else None)
+            save_image(image_grid(images, nrow).float() / 255, out / "grid.png")
         rank_zero_info(f"Wrote {len(self.written)} samples and grid.png to {out}")

@@ -199,7 +199,10 @@ class TorchvisionDataModule(ImageDataModule):
     Args:
         root: Folder holding (or receiving) the data set files.
         download: Download the data set into ``root`` if missing (needs internet).
-        val_size: Validation images held out of the official training split.
+        val_size: Validation images, held out of the official training split (``val_split="train"``)
+            or drawn from the official test split (``val_split="test"``).
+        val_split: Where validation images come from. ``"test"`` keeps every training image for
+            training, as paper recipes do (DDPM trains on all 50k CIFAR-10 images).
     """
 
     dataset_cls: type[tvd.VisionDataset]
@@ -217,8 +220,10 @@ class TorchvisionDataModule(ImageDataModule):
         seed: int = 0,
         random_flip: bool = False,
         predict_samples: int = 64,
+        val_split: Literal["train", "test"] = "train",
     ):
         super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.val_split = val_split
         self.root = root
         self.download = download
         self.sample_shape = self.shape
@@ -239,8 +244,15 @@ class TorchvisionDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             full = self._dataset(train=True)
-            train, val, _ = self._split(len(full))
-            self.train_set, self.val_set = Subset(full, train.tolist()), Subset(full, val.tolist())
+            if self.val_split == "test":
+                test = self._dataset(train=False)
+                val = torch.randperm(len(test), generator=torch.Generator().manual_seed(self.seed))[
+                    : self.val_size
+                ]
+                self.train_set, self.val_set = full, Subset(test, val.tolist())
+            else:
+                train, val, _ = self._split(len(full))
+                self.train_set, self.val_set = Subset(full, train.tolist()), Subset(full, val.tolist())
         if stage in (None, "test") and self.test_set is None:
             self.test_set = self._dataset(train=False)
 
@@ -285,9 +297,10 @@ class CIFAR10(TorchvisionDataModule):
         seed: int = 0,
         random_flip: bool = False,
         predict_samples: int = 64,
+        val_split: Literal["train", "test"] = "train",
     ):
         super().__init__(
-            root, download, batch_size, num_workers, val_size, seed, random_flip, predict_samples
+            root, download, batch_size, num_workers, val_size, seed, random_flip, predict_samples, val_split
         )
 
 
@@ -331,8 +344,10 @@ class ImageFolder(ImageDataModule):
         seed: int = 0,
         random_flip: bool = False,
         predict_samples: int = 64,
+        val_split: Literal["train", "test"] = "train",
     ):
         super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        self.val_split = val_split
         self.root = root
         self.image_size = image_size
         self.channels = channels

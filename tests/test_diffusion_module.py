@@ -1,0 +1,131 @@
+"""The Diffusion LightningModule: training on real bundled data, sampling, guidance, checks."""
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from lit_genai.data import MNIST5k
+from lit_genai.diffusion import Diffusion
+from lit_genai.errors import ConfigError
+from lit_genai.nn import UNet
+
+TINY = dict(
+    base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), dropout=0.0, num_groups=8
+)
+
+
+def _module(num_classes: int = 0, **kwargs) -> Diffusion:
+    net = UNet(in_channels=1, num_classes=num_classes, **TINY)
+    kwargs.setdefault("optimizer", lambda params: torch.optim.Adam(params, lr=2e-3))
+    return Diffusion(net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=100, **kwargs)
+
+
+def _trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(**{**defaults, **kwargs})
+
+
+def test_training_on_bundled_mnist_lowers_the_loss(tmp_path):
+    data = MNIST5k(batch_size=32)
+    module = _module(num_classes=10)
+    trainer = _trainer(tmp_path, max_steps=80, limit_val_batches=4, val_check_interval=80)
+    before = trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+    trainer.fit(module, datamodule=data)
+    after = trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+    assert before > 0.9  # zero-initialised output: the loss starts at E[eps^2] = 1
+    assert after < 0.6 * before, (before, after)
+
+
+def test_validation_loss_is_deterministic(tmp_path):
+    data, module = MNIST5k(batch_size=32), _module()
+    trainer = _trainer(tmp_path, limit_val_batches=2)
+    first = trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+    second = trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+    assert first == second
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sample_is_deterministic_in_range_and_restores_train_mode(sampler):
+    module = _module(sampler=sampler, sampling_steps=5)
+    for p in module.net.conv_out.parameters():  # make the zero-initialised output layer non-trivial
+        nn.init.normal_(p, std=0.1)
+    module.train()
+    a = module.sample(3, generator=torch.Generator().manual_seed(1))
+    b = module.sample(3, generator=torch.Generator().manual_seed(1))
+    c = module.sample(3, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (3, 1, 28, 28)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+    assert module.net.training  # sampling ran in eval mode and put the mode back
+
+
+class Recorder(nn.Module):
+    """A stand-in denoiser: returns the label as a constant image and records what it was given."""
+
+    in_channels, num_classes = 1, 10
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.labels: list[torch.Tensor] = []
+
+    def forward(self, x, t, y=None):
+        self.labels.append(y.clone())
+        return self.scale * y.float().view(-1, 1, 1, 1).expand_as(x) / 10
+
+
+def test_classifier_free_guidance_convention():
+    net = Recorder()
+    module = Diffusion(net, sample_shape=(1, 4, 4), num_classes=10, num_timesteps=50)
+    x, t, y = torch.randn(2, 1, 4, 4), torch.tensor([3, 3]), torch.tensor([2, 7])
+    plain = module._model_fn(y, 0.0)(x, t)
+    guided = module._model_fn(y, 2.0)(x, t)
+    null = torch.full((2, 1, 4, 4), 1.0)  # the null label 10 / 10
+    # (1 + w) eps(x, c) - w eps(x, null) with w = 2 (Ho & Salimans 2022, eq. 6)
+    torch.testing.assert_close(guided, 3 * plain - 2 * null)
+    assert torch.equal(net.labels[-1], torch.tensor([2, 7, 10, 10]))  # one batched pass, null second
+
+
+def test_label_dropout_feeds_the_null_label():
+    net = Recorder()
+    module = Diffusion(net, sample_shape=(1, 4, 4), num_classes=10, num_timesteps=50, p_uncond=1.0)
+    module.training_step((torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])), 0)
+    assert torch.equal(net.labels[-1], torch.full((4,), 10))
+    module = Diffusion(net, sample_shape=(1, 4, 4), num_classes=10, num_timesteps=50, p_uncond=0.0)
+    module.training_step((torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])), 0)
+    assert torch.equal(net.labels[-1], torch.tensor([0, 1, 2, 3]))
+
+
+def test_unconditional_net_on_labelled_data_ignores_labels():
+    module = _module(num_classes=0)
+    assert module.num_classes == 0
+    module.training_step((torch.zeros(2, 1, 28, 28), torch.tensor([3, 4])), 0)  # no error: labels unused
+
+
+def test_network_that_does_not_fit_the_data_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"in_channels=3 .* sample_shape=\[1, 28, 28\]"):
+        Diffusion(UNet(in_channels=3, **TINY), sample_shape=(1, 28, 28), num_classes=10)
+    with pytest.raises(ConfigError, match=r"net.num_classes=5 but the data has num_classes=10"):
+        Diffusion(UNet(in_channels=1, num_classes=5, **TINY), sample_shape=(1, 28, 28), num_classes=10)
+
+
+def test_warmup_schedule_and_safe_checkpoint(tmp_path):
+    data = MNIST5k(batch_size=16)
+    module = _module(warmup_steps=10)
+    trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(2e-3 * 5 / 10)  # linear warm-up: step 4 uses factor (4 + 1) / 10
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # loadable without unpickling code
+    assert "net" not in checkpoint["hyper_parameters"]
+    assert "sampler" not in checkpoint["hyper_parameters"]  # inference choices come from the command line
