@@ -178,3 +178,16 @@ def test_user_callbacks_join_the_defaults(tmp_path):
         "ModelCheckpoint",
         "LearningRateMonitor",
     } <= names
+
+
+def test_python_dash_m_and_the_console_script_exist():
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "lit-genai"]
+    assert script.value == "lit_genai.cli:main"
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_genai", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "fit" in out.stdout and "predict" in out.stdout

@@ -129,3 +129,17 @@ def test_warmup_schedule_and_safe_checkpoint(tmp_path):
     checkpoint = torch.load(path, weights_only=True)  # loadable without unpickling code
     assert "net" not in checkpoint["hyper_parameters"]
     assert "sampler" not in checkpoint["hyper_parameters"]  # inference choices come from the command line
+
+
+def test_validation_reports_bits_per_dim_when_asked(tmp_path):
+    data = MNIST5k(batch_size=16)
+    module = _module(bpd_timesteps=3)
+    metrics = _trainer(tmp_path, limit_val_batches=1).validate(module, datamodule=data, verbose=False)[0]
+    # An untrained model: a valid bound, worse than 1 bit/dim, better than the 8 bits of a uniform guess
+    # would be for a good model (see tests/test_likelihood.py for the maths).
+    assert 1.0 < metrics["val/bpd"] < 20.0
+    assert metrics["val/nll_nats"] == pytest.approx(metrics["val/bpd"] * 784 * 0.6931471805599453, rel=1e-5)
+    assert (
+        "val/bpd"
+        not in _trainer(tmp_path, limit_val_batches=1).validate(_module(), datamodule=data, verbose=False)[0]
+    )

@@ -16,6 +16,7 @@ Classifier-free guidance convention (Ho & Salimans 2022, eq. 6):
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Literal, Optional
@@ -28,11 +29,21 @@ from torch import Tensor, nn
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
+from lit_genai.diffusion.vlb import vlb_terms
 from lit_genai.errors import ConfigError
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
 # command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
-SAMPLING_OPTIONS = ("sampler", "sampling_steps", "eta", "skip", "variance", "guidance_scale", "clip_denoised")
+SAMPLING_OPTIONS = (
+    "sampler",
+    "sampling_steps",
+    "eta",
+    "skip",
+    "variance",
+    "guidance_scale",
+    "clip_denoised",
+    "bpd_timesteps",
+)
 
 
 class Diffusion(LightningModule):
@@ -59,6 +70,10 @@ class Diffusion(LightningModule):
             ``beta_tilde`` (the posterior variance).
         guidance_scale: Classifier-free guidance weight w (see the module docstring).
         clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step.
+        bpd_timesteps: Log ``val/bpd`` and ``val/nll_nats`` (and ``test/...``), the variational bound
+            on the NLL of the 8-bit data (DDPM eq. 5, ``vlb.py``): 0 = off; k < T - 1 = unbiased
+            estimate from k random steps + the exact decoder term (k + 1 network calls per batch);
+            T = exact (T calls per batch).
         optimizer: Optimiser for the network's parameters.
         lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
         warmup_steps: Linear LR warm-up over this many steps (DDPM: 5000).
@@ -85,6 +100,7 @@ class Diffusion(LightningModule):
         variance: Literal["beta", "beta_tilde"] = "beta",
         guidance_scale: float = 0.0,
         clip_denoised: bool = True,
+        bpd_timesteps: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         warmup_steps: int = 0,
@@ -102,6 +118,7 @@ class Diffusion(LightningModule):
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.sampler, self.sampling_steps, self.eta, self.skip = sampler, sampling_steps, eta, skip
         self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
+        self.bpd_timesteps = bpd_timesteps
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         _check_net(net, self.sample_shape, num_classes)
 
@@ -129,11 +146,13 @@ class Diffusion(LightningModule):
         generator = torch.Generator().manual_seed(batch_idx)
         terms = self._loss_terms(*batch, generator=generator)
         self.log("val/loss", terms["loss"].mean(), prog_bar=True, sync_dist=True)
+        self._log_bpd("val", *batch, generator=generator)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(batch_idx)
         terms = self._loss_terms(*batch, generator=generator)
         self.log("test/loss", terms["loss"].mean(), sync_dist=True)
+        self._log_bpd("test", *batch, generator=generator)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         """(B,) sample indices -> (B, C, H, W) samples in [-1, 1]; index k's label is k % num_classes."""
@@ -234,6 +253,27 @@ class Diffusion(LightningModule):
             prediction=self.hparams.prediction,
             min_snr_gamma=self.hparams.min_snr_gamma,
         )
+
+    def _log_bpd(self, stage: str, x0: Tensor, y: Tensor, generator: torch.Generator) -> None:
+        """Log the DDPM bound as ``<stage>/bpd`` and ``<stage>/nll_nats`` if ``bpd_timesteps`` > 0.
+
+        A class-conditional model reports the conditional NLL -log p(x | y) (guidance off).
+        """
+        if self.bpd_timesteps <= 0:
+            return
+        bound = vlb_terms(
+            self._model_fn(y if self.num_classes > 0 else None, 0.0),
+            x0,
+            dict(self.named_buffers(recurse=False)),  # the schedule_tensors buffers
+            self.hparams.prediction,
+            variance=self.variance,
+            clip_denoised=self.clip_denoised,
+            timesteps=self.bpd_timesteps,  # >= T - 1: exact
+            generator=generator,
+        )
+        bpd = bound["total_bpd"].mean()
+        self.log(f"{stage}/bpd", bpd, sync_dist=True)
+        self.log(f"{stage}/nll_nats", bpd * x0[0].numel() * math.log(2.0), sync_dist=True)
 
     def _model_fn(self, cond: Optional[Tensor], w: float):
         """The denoiser as ``(x_t, t) -> output``, with classifier-free guidance when asked for."""
