@@ -11,8 +11,9 @@ Defaults that every experiment shares live here, so experiment files hold only t
   the resolved ``config.yaml`` and the logger's files;
 - W&B is the logger, offline unless you are logged in (``wandb login``), so ``wandb sync`` can
   upload the run later;
-- top-level groups ``ema``, ``samples``, ``checkpoint`` and ``writer`` configure the callbacks of the
-  same name (e.g. ``--ema.decay 0.999``); add others, e.g. EarlyStopping, under ``trainer.callbacks``;
+- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer`` and ``evaluation`` configure the
+  callbacks of the same name (e.g. ``--ema.decay 0.999``, ``--evaluation.num_samples 10000``); add
+  others, e.g. EarlyStopping, under ``trainer.callbacks``;
 - data-derived values (``sample_shape``, ``num_classes``) are linked from ``data`` into ``model``.
 """
 
@@ -25,11 +26,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
+from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.callbacks.lr_monitor import LearningRateLogger
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
 from lit_genai.errors import LitGenAIError
 
@@ -78,7 +80,7 @@ class LitGenAICLI(LightningCLI):
                 "class_path": "lightning.pytorch.loggers.WandbLogger",
                 "init_args": {"project": "lit_genai", "offline": not wandb_logged_in()},
             },
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
+            "callbacks": [LearningRateLogger(logging_interval="step")],
         }
         super().__init__(
             LightningModule,
@@ -99,6 +101,7 @@ class LitGenAICLI(LightningCLI):
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(SampleWriter, "writer")
+        parser.add_lightning_class_args(Evaluation, "evaluation")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

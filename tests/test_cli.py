@@ -176,7 +176,7 @@ def test_user_callbacks_join_the_defaults(tmp_path):
         "SampleLogger",
         "SampleWriter",
         "ModelCheckpoint",
-        "LearningRateMonitor",
+        "LearningRateLogger",
     } <= names
 
 
@@ -191,3 +191,7 @@ def test_python_dash_m_and_the_console_script_exist():
         [sys.executable, "-m", "lit_genai", "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and "fit" in out.stdout and "predict" in out.stdout
+
+
+def test_fit_without_a_logger(tiny):
+    assert _run(["fit", *tiny, "--trainer.logger", "false"]) == 0

@@ -43,6 +43,9 @@ class ImageDataModule(L.LightningDataModule):
 
     sample_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int  # 0 = unlabelled
+    # Default feature extractor of the quality metrics (lit_genai.metrics.features.get_extractor):
+    # the shipped MNIST classifier for MNIST digits, TF-Inception for natural images, None = none fits.
+    feature_extractor: str | None = None
 
     def __init__(
         self,
@@ -132,6 +135,8 @@ class MNIST5k(ImageDataModule):
         val_size: Validation images (default 500).
         test_size: Test images, also drawn from the 5000 (default 500); the rest train.
     """
+
+    feature_extractor = "mnist"
 
     def __init__(
         self,
@@ -270,6 +275,7 @@ class MNIST(TorchvisionDataModule):
     """MNIST handwritten digits, 60k train (5000 of them held out for validation) + 10k test, 28x28."""
 
     dataset_cls, title, folder, shape = tvd.MNIST, "MNIST", "MNIST/raw", (1, 28, 28)
+    feature_extractor = "mnist"
 
 
 class FashionMNIST(TorchvisionDataModule):
@@ -286,6 +292,7 @@ class CIFAR10(TorchvisionDataModule):
     """
 
     dataset_cls, title, folder, shape = tvd.CIFAR10, "CIFAR-10", "cifar-10-batches-py", (3, 32, 32)
+    feature_extractor = "inception"
 
     def __init__(
         self,
@@ -351,6 +358,7 @@ class ImageFolder(ImageDataModule):
         self.root = root
         self.image_size = image_size
         self.channels = channels
+        self.feature_extractor = "inception" if channels == 3 else None
         self.labels = labels
         try:
             classes, _ = tvd.folder.find_classes(root)

@@ -1,0 +1,229 @@
+"""Feature extractors for sample-quality metrics: TF-Inception (FID/IS) and domain classifiers.
+
+- ``InceptionFeatures``: the InceptionV3 of the TensorFlow FID code (Heusel et al. 2017) and of the
+  Inception Score (Salimans et al. 2016), the 2015-12-05 graph ported to PyTorch by torch-fidelity
+  and used by torchmetrics. Its 2048-d pool features and 1008 logits are the ones the papers'
+  numbers (DDPM CIFAR-10 FID 3.17, IS 9.46) are measured with; torchvision's ImageNet InceptionV3
+  gives different numbers. Its weights are never downloaded here: they come from ``weights_path`` or
+  the torch hub cache.
+- ``DomainFeatures``: a ``lit_genai.metrics.classifier.DomainClassifier`` trained on the data's own
+  domain (penultimate features, class logits); ``"mnist"`` ships inside the package.
+
+Every extractor takes uint8 images (B, C, H, W) in [0, 255]: the protocol quantises generated
+images as real ones are stored (``lit_genai.callbacks.samples.to_uint8``), and each extractor maps
+them to its own input range. ``name`` goes into metric keys (``val/fid_<name>``) because numbers
+from different extractors are not comparable (DESIGN.md contract 4).
+
+Shape legend: B batch, C channels, H/W spatial, D features (``num_features``), K logits
+(``num_classes``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lit_genai.errors import ConfigError, DataNotFoundError
+from lit_genai.metrics.classifier import DomainClassifier, load_classifier_state
+
+# torch-fidelity's conversion of the TF FID Inception (torch_fidelity.feature_extractor_inceptionv3);
+# torchmetrics' FID, KID and IS use the same file.
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[-1]
+
+# Domain classifiers shipped in lit_genai/metrics/weights/: name -> (file, (C, H, W) trained on).
+# Reproduce with experiments/eval/mnist_classifier.yaml (its header has the command).
+SHIPPED = {"mnist": ("mnist5k_classifier.pt", (1, 28, 28))}
+
+
+class FeatureExtractor(nn.Module):
+    """Base of the extractors: uint8 (B, C, H, W) images in, (B, D) features or (B, K) logits out.
+
+    Extractors are frozen and always in eval mode (``train()`` is a no-op), so they can sit inside a
+    LightningModule or a callback without BatchNorm statistics moving.
+    """
+
+    name: str  # goes into the metric keys: fid_<name>
+    num_features: int  # D
+    num_classes: int = 0  # K; 0 if the extractor has no logits (then no Inception Score)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) uint8 -> (B, D) float32 features."""
+        return self.features_and_logits(images)[0]
+
+    def logits(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) uint8 -> (B, K) float32 logits, for the Inception Score."""
+        return self.features_and_logits(images)[1]
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, H, W) uint8 -> ((B, D), (B, K)) from one pass through the network."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)
+
+
+def check_uint8(images: Tensor, name: str) -> None:
+    """Enforce the input contract: (B, C, H, W) uint8 in [0, 255]."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(
+            f"the {name} feature extractor takes uint8 images (B, C, H, W) in [0, 255], got "
+            f"{images.dtype} of shape {tuple(images.shape)}; quantise generated images first "
+            "(lit_genai.callbacks.samples.to_uint8)"
+        )
+
+
+class DomainFeatures(FeatureExtractor):
+    """Features (penultimate layer) and logits of a classifier trained on the data's domain.
+
+    Args:
+        net: The trained ``DomainClassifier`` (images in [-1, 1]).
+        name: Name in metric keys (``fid_<name>``), e.g. ``"mnist"``.
+        sample_shape: (C, H, W) the classifier was trained on; other images are refused, since its
+            features mean nothing at another resolution. None: check the channels only.
+    """
+
+    def __init__(
+        self, net: DomainClassifier, name: str, sample_shape: Optional[tuple[int, ...]] = None
+    ) -> None:
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.name = name
+        self.expected_shape = tuple(sample_shape) if sample_shape is not None else (net.in_channels,)
+        self.num_features = net.feature_dim
+        self.num_classes = net.num_classes
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        check_uint8(images, self.name)
+        actual = tuple(images.shape[1 : 1 + len(self.expected_shape)])
+        if actual != self.expected_shape:
+            raise ConfigError(
+                f"the {self.name!r} feature extractor was trained on {list(self.expected_shape)} images, "
+                f"got {list(images.shape[1:])}; use the extractor of your data set or 'inception'"
+            )
+        x = images.float() / 127.5 - 1  # (B, C, H, W) in [-1, 1], as in training
+        features = self.net.features(x)  # (B, D)
+        return features, self.net.head(features)  # (B, D), (B, K)
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path], name: Optional[str] = None) -> DomainFeatures:
+        """Load a ``DomainClassifier`` state dict or a ``Classifier`` checkpoint; name = file stem."""
+        state, sample_shape = load_classifier_state(path)
+        return cls(DomainClassifier.from_state_dict(state), name or Path(path).stem, sample_shape)
+
+
+def domain_extractor(name: str) -> DomainFeatures:
+    """The classifier shipped for data set ``name`` (see ``SHIPPED``), loaded with ``weights_only=True``."""
+    if name not in SHIPPED:
+        raise ConfigError(f"no shipped domain classifier {name!r}; shipped: {sorted(SHIPPED)}")
+    file, sample_shape = SHIPPED[name]
+    resource = importlib.resources.files("lit_genai.metrics.weights") / file
+    with importlib.resources.as_file(resource) as path:
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"the shipped weights lit_genai/metrics/weights/{file} are missing from this install; "
+                "reinstall lit_genai or rebuild them with experiments/eval/mnist_classifier.yaml"
+            )
+        state, _ = load_classifier_state(path)
+    return DomainFeatures(DomainClassifier.from_state_dict(state), name, sample_shape)
+
+
+class InceptionFeatures(FeatureExtractor):
+    """TF-ported InceptionV3: 2048-d pool3 features (FID, KID, precision/recall) and 1008 logits
+    without the bias term (``logits_unbiased``, what torch-fidelity and torchmetrics feed the IS).
+
+    Images of any size are resized to 299x299 with TensorFlow 1.x's bilinear resize and mapped to
+    [-1, 1] inside torch-fidelity's network, as in the TF FID code; grey images are repeated to RGB.
+
+    Args:
+        weights_path: The weights file (``weights-inception-2015-12-05-6726825d.pth``). Default: the
+            torch hub cache, ``<torch.hub.get_dir()>/checkpoints/`` (where torchmetrics and
+            torch-fidelity put it when they download it). Nothing is downloaded here.
+    """
+
+    name = "inception"
+    num_features = 2048
+    num_classes = 1008
+
+    def __init__(self, weights_path: Optional[str] = None) -> None:
+        super().__init__()
+        path = find_inception_weights(weights_path)
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError:
+            raise ConfigError(
+                "the 'inception' extractor needs torch-fidelity: pip install torch-fidelity"
+            ) from None
+        try:
+            # torch-fidelity loads the file with weights_only=False; check first that it holds tensors only.
+            torch.load(path, map_location="cpu", weights_only=True)
+            self.net = FeatureExtractorInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(path),
+            )
+        except Exception as err:  # truncated download, wrong file, unsafe pickle
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                f"cannot load Inception weights {str(path)!r} ({message}); download {INCEPTION_URL} again"
+            ) from err
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        check_uint8(images, self.name)
+        if images.shape[1] not in (1, 3):
+            raise ConfigError(
+                f"the inception feature extractor takes grey or RGB images, got {images.shape[1]} channels"
+            )
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # grey -> RGB: (B, 3, H, W)
+        features, logits = self.net(images)  # (B, 2048), (B, 1008)
+        return features, logits
+
+
+def find_inception_weights(weights_path: Optional[str] = None) -> Path:
+    """The Inception weights file: ``weights_path`` or the torch hub cache; raises
+    ``DataNotFoundError`` saying where to get it and where to put it, never downloads."""
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if path.is_file():
+            return path
+        raise DataNotFoundError(
+            f"Inception weights not found at weights_path={str(path)!r}: download {INCEPTION_URL}"
+        )
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if path.is_file():
+        return path
+    raise DataNotFoundError(
+        f"Inception weights {INCEPTION_FILE} not found in {str(path.parent)!r}: download {INCEPTION_URL} "
+        f"into that folder, or pass the file's path as weights_path"
+    )
+
+
+def get_extractor(name: str, weights_path: Optional[str] = None) -> FeatureExtractor:
+    """Extractor by name: ``"inception"`` (``weights_path`` = its weights file), a shipped domain
+    classifier (``"mnist"``; ``weights_path`` replaces the shipped weights), or the path of a
+    classifier state dict / ``Classifier`` checkpoint (named after the file's stem)."""
+    if name == "inception":
+        return InceptionFeatures(weights_path)
+    if name in SHIPPED:
+        if weights_path is not None:
+            return DomainFeatures.from_file(weights_path, name)
+        return domain_extractor(name)
+    if Path(name).expanduser().is_file():
+        return DomainFeatures.from_file(Path(name).expanduser())
+    looks_like_path = "/" in name or Path(name).suffix in (".pt", ".pth", ".ckpt")
+    raise ConfigError(
+        f"unknown feature extractor {name!r}"
+        + (" (no such file)" if looks_like_path else "")
+        + f"; choose 'inception', {', '.join(repr(n) for n in SHIPPED)}, or the path of a "
+        "classifier state dict / lit_genai Classifier checkpoint"
+    )

@@ -1,0 +1,56 @@
+"""Run by tests/test_evaluation.py: a 2-process CPU (gloo) DDP test with the Evaluation callback.
+
+Every rank writes the metrics it computed to ``<out>/rank<r>.json``; the test checks that both
+ranks finished (nobody hung) and agree. Usage: python ddp_evaluation_script.py OUT_DIR
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer
+
+from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.data import MNIST5k
+from lit_genai.diffusion import Diffusion
+from lit_genai.nn import UNet
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    net = UNet(
+        in_channels=1,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        num_groups=4,
+        num_classes=10,
+    )
+    module = Diffusion(net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=2)
+    evaluation = Evaluation(
+        num_samples=30, batch_size=8, num_real=60, cache_dir=str(out / "cache"), metrics=("fid", "is", "pr")
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=1,
+        default_root_dir=str(out),
+        callbacks=[evaluation],
+    )
+    trainer.test(module, datamodule=MNIST5k(batch_size=16), verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    (out / f"rank{trainer.global_rank}.json").write_text(
+        json.dumps({"metrics": metrics, "protocol": evaluation.last_protocol})
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
