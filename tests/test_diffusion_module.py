@@ -143,3 +143,11 @@ def test_validation_reports_bits_per_dim_when_asked(tmp_path):
         "val/bpd"
         not in _trainer(tmp_path, limit_val_batches=1).validate(_module(), datamodule=data, verbose=False)[0]
     )
+
+
+def test_test_reports_bits_per_dim_by_default(tmp_path):
+    metrics = _trainer(tmp_path, limit_test_batches=1).test(
+        _module(test_bpd_timesteps=2), datamodule=MNIST5k(batch_size=8), verbose=False
+    )[0]
+    assert 1.0 < metrics["test/bpd"] < 20.0
+    assert _module().test_bpd_timesteps > 0

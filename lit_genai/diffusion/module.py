@@ -43,6 +43,7 @@ SAMPLING_OPTIONS = (
     "guidance_scale",
     "clip_denoised",
     "bpd_timesteps",
+    "test_bpd_timesteps",
 )
 
 
@@ -70,10 +71,11 @@ class Diffusion(LightningModule):
             ``beta_tilde`` (the posterior variance).
         guidance_scale: Classifier-free guidance weight w (see the module docstring).
         clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step.
-        bpd_timesteps: Log ``val/bpd`` and ``val/nll_nats`` (and ``test/...``), the variational bound
-            on the NLL of the 8-bit data (DDPM eq. 5, ``vlb.py``): 0 = off; k < T - 1 = unbiased
-            estimate from k random steps + the exact decoder term (k + 1 network calls per batch);
-            T = exact (T calls per batch).
+        bpd_timesteps: Log ``val/bpd`` and ``val/nll_nats``, the variational bound on the NLL of the
+            8-bit data (DDPM eq. 5, ``vlb.py``): 0 = off; k < T - 1 = unbiased estimate from k random
+            steps + the exact decoder term (k + 1 network calls per batch); T = exact (T calls).
+        test_bpd_timesteps: The same for ``test/bpd`` (on by default: ``lit-genai test`` reports
+            every metric that applies; set T for the exact bound the papers report).
         optimizer: Optimiser for the network's parameters.
         lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
         warmup_steps: Linear LR warm-up over this many steps (DDPM: 5000).
@@ -101,6 +103,7 @@ class Diffusion(LightningModule):
         guidance_scale: float = 0.0,
         clip_denoised: bool = True,
         bpd_timesteps: int = 0,
+        test_bpd_timesteps: int = 50,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         warmup_steps: int = 0,
@@ -118,7 +121,7 @@ class Diffusion(LightningModule):
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.sampler, self.sampling_steps, self.eta, self.skip = sampler, sampling_steps, eta, skip
         self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
-        self.bpd_timesteps = bpd_timesteps
+        self.bpd_timesteps, self.test_bpd_timesteps = bpd_timesteps, test_bpd_timesteps
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         _check_net(net, self.sample_shape, num_classes)
 
@@ -255,11 +258,12 @@ class Diffusion(LightningModule):
         )
 
     def _log_bpd(self, stage: str, x0: Tensor, y: Tensor, generator: torch.Generator) -> None:
-        """Log the DDPM bound as ``<stage>/bpd`` and ``<stage>/nll_nats`` if ``bpd_timesteps`` > 0.
+        """Log the DDPM bound as ``<stage>/bpd`` and ``<stage>/nll_nats`` if asked for that stage.
 
         A class-conditional model reports the conditional NLL -log p(x | y) (guidance off).
         """
-        if self.bpd_timesteps <= 0:
+        timesteps = self.test_bpd_timesteps if stage == "test" else self.bpd_timesteps
+        if timesteps <= 0:
             return
         bound = vlb_terms(
             self._model_fn(y if self.num_classes > 0 else None, 0.0),
@@ -268,7 +272,7 @@ class Diffusion(LightningModule):
             self.hparams.prediction,
             variance=self.variance,
             clip_denoised=self.clip_denoised,
-            timesteps=self.bpd_timesteps,  # >= T - 1: exact
+            timesteps=timesteps,  # >= T - 1: exact
             generator=generator,
         )
         bpd = bound["total_bpd"].mean()
