@@ -11,7 +11,7 @@ Defaults that every experiment shares live here, so experiment files hold only t
   the resolved ``config.yaml`` and the logger's files;
 - W&B is the logger, offline unless you are logged in (``wandb login``), so ``wandb sync`` can
   upload the run later;
-- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer`` and ``evaluation`` configure the
+- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation`` and ``rng`` configure the
   callbacks of the same name (e.g. ``--ema.decay 0.999``, ``--evaluation.num_samples 10000``); add
   others, e.g. EarlyStopping, under ``trainer.callbacks``;
 - data-derived values (``sample_shape``, ``num_classes``) are linked from ``data`` into ``model``.
@@ -32,6 +32,7 @@ from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.callbacks.lr_monitor import LearningRateLogger
+from lit_genai.callbacks.rng import RNGState
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
 from lit_genai.errors import LitGenAIError
 
@@ -102,6 +103,7 @@ class LitGenAICLI(LightningCLI):
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(SampleWriter, "writer")
         parser.add_lightning_class_args(Evaluation, "evaluation")
+        parser.add_lightning_class_args(RNGState, "rng")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {

@@ -128,6 +128,9 @@ def test_warmup_schedule_and_safe_checkpoint(tmp_path):
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # loadable without unpickling code
     assert "net" not in checkpoint["hyper_parameters"]
+    default = Diffusion(UNet(in_channels=1, **TINY), sample_shape=(1, 28, 28))  # the default optimiser class
+    assert "optimizer" not in default.hparams and "net" not in default.hparams
+
     assert "sampler" not in checkpoint["hyper_parameters"]  # inference choices come from the command line
 
 

@@ -113,9 +113,12 @@ class Diffusion(LightningModule):
         with warnings.catch_warnings():  # `net` as a module: its weights are in the state dict already
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters(ignore=list(SAMPLING_OPTIONS))
-        if isinstance(self.hparams.get("net"), nn.Module):
-            self.hparams.pop("net")
-            self._hparams_initial.pop("net", None)
+        # Keep what the CLI recorded (plain config: loads with weights_only=True); drop objects passed
+        # from Python (the network, optimiser classes, partials).
+        for name in ("net", "optimizer", "lr_scheduler"):
+            if self.hparams.get(name) is not None and not isinstance(self.hparams.get(name), (dict, str)):
+                self.hparams.pop(name)
+                self._hparams_initial.pop(name, None)
         self.net = net
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses

@@ -1,0 +1,5 @@
+"""Generative adversarial networks: losses (pure) and the LightningModule."""
+
+from lit_genai.gan.module import GAN
+
+__all__ = ["GAN"]

@@ -1,0 +1,392 @@
+"""Generative adversarial networks as a LightningModule: alternating player steps, penalties, sampling.
+
+Papers: Goodfellow et al. 2014 (GAN, non-saturating loss), Radford et al. 2016 (DCGAN), Arjovsky et
+al. 2017 (WGAN), Gulrajani et al. 2017 (WGAN-GP: gradient penalty, n_critic, linear LR decay),
+Miyato et al. 2018 (SNGAN: hinge loss, n_dis), Mescheder et al. 2018 (R1), Miyato & Koyama 2018
+(projection discriminator for class-conditional GANs).
+
+The losses and penalties live in ``losses.py``; both networks are injected (``generator``:
+``(z (B, Z), y (B,) or None) -> (B, C, H, W)`` in [-1, 1]; ``discriminator``: ``(x, y) -> (B,)``
+logits). This file schedules the two players.
+
+Schedule (the reference code: WGAN-GP's gan_cifar_resnet.py, SNGAN's updater, Mimicry): every
+``training_step`` takes one batch and makes one discriminator step on it; after every
+``n_critic``-th discriminator step, counted over the whole run (not per epoch), the generator makes
+one step on fresh noise. So n_critic = 5 is "5 critic steps on 5 batches, then 1 generator step".
+
+Counting. Under manual optimisation Lightning's ``trainer.global_step`` counts every
+``optimizer.step()`` of *both* players: after d discriminator steps it is d + d // n_critic. Hence
+``trainer.max_steps`` = discriminator + generator steps: 100k generator steps at n_critic = 5 is
+``max_steps: 600000``; DCGAN's 1:1 schedule doubles it. The module's own counters ``d_steps`` and
+``g_steps`` are saved in checkpoints. Each player's LR scheduler steps only when that player steps:
+the generator's decays over ``decay_steps`` generator steps, the discriminator's over
+``decay_steps * n_critic`` discriminator steps, so both reach zero together, as in the reference
+code (which decays both per generator iteration, i.e. in a staircase). The EMA callback counts
+generator optimiser steps (``ema_target = "generator"``).
+
+Mixed precision. Gradient clipping happens in ``on_before_optimizer_step``: Lightning 2.6 unscales
+``16-mixed`` gradients inside ``opt.step()`` just before that hook, so clipping earlier in
+``training_step`` would clip scaled gradients. The penalties get the scaler's current scale.
+
+DDP. Toggling the optimisers leaves one player's parameters unused in each backward pass, which
+DDP only accepts with ``--trainer.strategy ddp_find_unused_parameters_true`` (Lightning issues
+#20328, #20866); ``setup`` stops with that advice otherwise. Ranks seeded alike (Lightning's
+``seed_everything``) would draw identical noise, so every rank draws the noise of the whole world
+batch and keeps its own slice: the noise is distinct per rank and the RNG streams stay in step.
+
+Validation (``val/loss``): the sliced Wasserstein distance, in pixel space, between held-out real
+images and as many generated from fixed noise (``eval_z``), over fixed random unit directions. It
+is independent of the discriminator (whose loss rises and falls with the game, and would make a
+checkpoint monitor prefer a strong discriminator, i.e. a weak generator), comparable across
+checkpoints, and cheap; lower is better. It is a coarse proxy: prefer an FID from the evaluation
+callback as the checkpoint monitor when one is configured. The discriminator loss on the same pairs
+is logged as ``val/d_loss`` (a gap to ``train/d_loss`` means the discriminator overfits).
+
+Shape legend: B batch, C/H/W image, Z latent_dim, K slicing directions, E fixed noise vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor, nn
+
+from lit_genai.errors import ConfigError
+from lit_genai.gan import losses
+
+EVAL_NOISE = 1024  # E: fixed noise vectors, reused cyclically by the validation batches
+NUM_DIRECTIONS = 128  # K: projections of the sliced Wasserstein distance
+
+
+class GAN(LightningModule):
+    """Generative adversarial network (unconditional or class-conditional) trained by alternating steps.
+
+    Args:
+        generator: Maps ``(z (B, latent_dim), y (B,) or None) -> (B, C, H, W)`` in [-1, 1], e.g.
+            ``lit_genai.nn.dcgan.DCGANGenerator``; needs attributes ``latent_dim``, and for the shape
+            checks ``out_channels``, ``image_size``, ``num_classes``.
+        discriminator: Maps ``(x (B, C, H, W), y (B,) or None) -> (B,)`` logits, e.g.
+            ``lit_genai.nn.dcgan.DCGANDiscriminator``; attributes ``in_channels``, ``image_size``,
+            ``num_classes`` are checked against the data.
+        sample_shape: (C, H, W) of one image; linked from the data module.
+        num_classes: Number of classes the data offers; linked from the data module. The networks
+            decide whether they are used: networks with ``num_classes=0`` make an unconditional GAN
+            (labels are ignored); with ``num_classes > 0`` both must match the data, the
+            discriminator sees the real labels, and fakes get uniformly drawn labels.
+        loss: Adversarial loss: ``non_saturating`` (Goodfellow et al. 2014; DCGAN), ``hinge``
+            (SNGAN) or ``wasserstein`` (WGAN; needs ``gradient_penalty`` or a spectrally normalised
+            critic).
+        gradient_penalty: Weight lambda of the WGAN-GP penalty (Gulrajani et al. 2017: 10); 0 = off.
+        r1_gamma: Weight gamma of the R1 penalty on real data, added as gamma / 2 * R1 (Mescheder et
+            al. 2018); 0 = off.
+        n_critic: Discriminator steps (one per batch) per generator step (WGAN-GP 5, SNGAN 5, DCGAN 1).
+        optimizer_g: Optimiser of the generator's parameters.
+        optimizer_d: Optimiser of the discriminator's parameters.
+        lr_decay: ``linear``: both learning rates fall linearly to 0 over ``decay_steps`` generator
+            steps (WGAN-GP, SNGAN); ``none`` keeps them constant.
+        decay_steps: Generator steps of the linear decay. Default: the run's generator steps,
+            ``trainer.max_steps // (n_critic + 1)`` (``global_step`` counts both players' steps),
+            or ``max_epochs * batches per epoch // n_critic`` when ``max_steps`` is unset. Set it
+            when resuming with a longer run, or the decay horizon moves.
+        clip_norm_g: Clip the generator's gradient norm to this value (None = no clipping).
+        clip_norm_d: Clip the discriminator's gradient norm to this value (None = no clipping).
+        seed: Seed of the fixed evaluation noise and base seed of ``predict``: sample i of a batch
+            starting at index k uses seed + k.
+    """
+
+    modality = "image"
+    ema_target = "generator"  # the discriminator is never averaged
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        sample_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 0,
+        loss: losses.Loss = "non_saturating",
+        gradient_penalty: float = 0.0,
+        r1_gamma: float = 0.0,
+        n_critic: int = 1,
+        optimizer_g: OptimizerCallable = torch.optim.Adam,
+        optimizer_d: OptimizerCallable = torch.optim.Adam,
+        lr_decay: Literal["none", "linear"] = "none",
+        decay_steps: Optional[int] = None,
+        clip_norm_g: Optional[float] = None,
+        clip_norm_d: Optional[float] = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        with warnings.catch_warnings():  # the networks' weights are in the state dict already
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        # Keep what the CLI recorded (plain config: load_from_checkpoint can rebuild it, and it loads with
+        # weights_only=True); drop objects passed from Python (networks, optimiser classes, partials).
+        for name in ("generator", "discriminator", "optimizer_g", "optimizer_d"):
+            if not isinstance(self.hparams.get(name), (dict, str)):
+                self.hparams.pop(name, None)
+                self._hparams_initial.pop(name, None)
+        self.generator, self.discriminator = generator, discriminator
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_classes = getattr(generator, "num_classes", 0)  # the classes the model uses
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        _check_settings(loss, gradient_penalty, r1_gamma, n_critic, decay_steps, discriminator)
+        _check_nets(generator, discriminator, self.sample_shape, num_classes)
+        self.latent_dim = int(generator.latent_dim)
+        self.d_steps = 0  # discriminator steps so far (saved in checkpoints)
+        self.g_steps = 0  # generator steps so far
+        rng = torch.Generator().manual_seed(seed)
+        eval_z = torch.randn(EVAL_NOISE, self.latent_dim, generator=rng)  # (E, Z)
+        self.register_buffer("eval_z", eval_z, persistent=False)
+        directions = torch.randn(math.prod(self.sample_shape), NUM_DIRECTIONS, generator=rng)
+        self.register_buffer("eval_directions", F.normalize(directions, dim=0), persistent=False)  # (CHW, K)
+
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """(B, Z) noise and (B,) labels (conditional models) -> (B, C, H, W) images."""
+        return self.generator(z, y if self.num_classes > 0 else None)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch  # (B, C, H, W) in [-1, 1], (B,)
+        y = y if self.num_classes > 0 else None
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers() or (None, None)
+        kind, B = self.hparams.loss, x.shape[0]
+
+        # Discriminator step on this batch (Gulrajani et al. 2017, Algorithm 1, lines 2-9).
+        with self.toggled_optimizer(opt_d):
+            z, y_fake = self._noise(B)
+            fake = self.generator(z, y_fake).detach()  # (B, C, H, W); the toggle froze G anyway
+            real_logits, fake_logits = self.discriminator(x, y), self.discriminator(fake, y_fake)  # (B,) each
+            d_loss = losses.discriminator_loss(kind, real_logits, fake_logits)["loss"].mean()
+            loss = d_loss
+            # The penalties score interpolates and reals with the real labels.
+            critic = lambda h: self.discriminator(h, y)
+            if self.hparams.gradient_penalty > 0:
+                gp = losses.gradient_penalty(critic, x, fake, scale=self._loss_scale()).mean()
+                loss = loss + self.hparams.gradient_penalty * gp
+                self.log("train/gp", gp)
+            if self.hparams.r1_gamma > 0:
+                r1 = losses.r1_penalty(critic, x, scale=self._loss_scale()).mean()
+                loss = loss + self.hparams.r1_gamma / 2 * r1  # Mescheder et al. 2018, eq. 9
+                self.log("train/r1", r1)
+            opt_d.zero_grad()
+            self.manual_backward(loss)
+            opt_d.step()  # gradients are clipped in on_before_optimizer_step
+        self.d_steps += 1
+        if sched_d is not None:
+            sched_d.step()
+        self.log("train/d_loss", d_loss, prog_bar=True)
+        self.log("train/d_real", real_logits.detach().float().mean())
+        self.log("train/d_fake", fake_logits.detach().float().mean())
+
+        if self.d_steps % self.hparams.n_critic != 0:
+            return
+        # Generator step on fresh noise (Algorithm 1, lines 11-12); the toggle keeps D's gradients out.
+        with self.toggled_optimizer(opt_g):
+            z, y_fake = self._noise(B)
+            fake_logits = self.discriminator(self.generator(z, y_fake), y_fake)  # (B,)
+            g_loss = losses.generator_loss(kind, fake_logits).mean()
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+        self.g_steps += 1
+        if sched_g is not None:
+            sched_g.step()
+        self.log("train/g_loss", g_loss, prog_bar=True)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called inside opt.step(), after Lightning unscaled 16-mixed gradients: the place to clip.
+        is_generator = optimizer is self.trainer.optimizers[0]
+        clip = self.hparams.clip_norm_g if is_generator else self.hparams.clip_norm_d
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if stage != "fit" or not isinstance(strategy, DDPStrategy):
+            return
+        if not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+            raise ConfigError(
+                "a GAN leaves one player's parameters unused in each backward pass, which DDP only accepts "
+                "with unused-parameter detection: use --trainer.strategy ddp_find_unused_parameters_true"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gan_steps"] = {"discriminator": self.d_steps, "generator": self.g_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        steps = checkpoint.get("gan_steps", {})
+        self.d_steps, self.g_steps = steps.get("discriminator", 0), steps.get("generator", 0)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        """(B,) sample indices -> (B, C, H, W) samples in [-1, 1]; index k's label is k % num_classes."""
+        generator = torch.Generator().manual_seed(self.hparams.seed + int(batch[0]))
+        cond = batch.to(self.device) % self.num_classes if self.num_classes > 0 else None
+        return self.sample(batch.shape[0], cond=cond, generator=generator)
+
+    def configure_optimizers(self):
+        opt_g = self.optimizer_g(self.generator.parameters())
+        opt_d = self.optimizer_d(self.discriminator.parameters())
+        if self.hparams.lr_decay == "none":
+            return [opt_g, opt_d]
+        g_total = self.hparams.decay_steps or self._default_decay_steps()
+        d_total = g_total * self.hparams.n_critic
+        # Linear decay to 0 (Gulrajani et al. 2017; Miyato et al. 2018), counted in each player's own steps.
+        sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda step: max(0.0, 1.0 - step / g_total))
+        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lambda step: max(0.0, 1.0 - step / d_total))
+        return [opt_g, opt_d], [
+            {"scheduler": sched_g, "interval": "step", "name": "lr-generator"},  # LearningRateMonitor keys
+            {"scheduler": sched_d, "interval": "step", "name": "lr-discriminator"},
+        ]
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, cond: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """Draw ``n`` images, (n, C, H, W) in [-1, 1], with the generator in eval mode.
+
+        ``cond`` (n,) class labels for a class-conditional model (None: labels drawn uniformly).
+        The same ``generator`` seed gives the same images.
+        """
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device).to(self.device)  # (n, Z)
+        y = None
+        if self.num_classes > 0:
+            if cond is None:
+                cond = torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+            y = cond.to(self.device)  # (n,)
+        was_training = self.generator.training
+        self.generator.eval()  # batch-norm running statistics, not the statistics of this batch
+        try:
+            x = self.generator(z, y)  # (n, C, H, W)
+        finally:
+            self.generator.train(was_training)
+        return x.clamp(-1, 1)
+
+    def _noise(self, n: int) -> tuple[Tensor, Optional[Tensor]]:
+        """Fresh z (n, Z) and uniform labels (n,) or None: this rank's slice of a world-sized draw."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        rows = slice(rank * n, (rank + 1) * n)
+        z = torch.randn(world * n, self.latent_dim, device=self.device)[rows]  # (n, Z)
+        if self.num_classes == 0:
+            return z, None
+        return z, torch.randint(0, self.num_classes, (world * n,), device=self.device)[rows]  # (n,)
+
+    def _loss_scale(self) -> float:
+        """The AMP scaler's scale under 16-mixed (the penalties differentiate scaled outputs), else 1."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return scaler.get_scale() if scaler is not None else 1.0
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> None:
+        """Held-out reals vs fakes from fixed noise: sliced Wasserstein distance and D's loss."""
+        x, y = batch  # (B, C, H, W), (B,)
+        y = y if self.num_classes > 0 else None  # fakes get the real labels: same class mix
+        B = x.shape[0]
+        first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * B
+        rows = torch.arange(first, first + B, device=self.device) % self.eval_z.shape[0]  # (B,)
+        fake = self.generator(self.eval_z[rows], y)  # (B, C, H, W)
+        swd = sliced_wasserstein(x, fake, self.eval_directions)
+        terms = losses.discriminator_loss(
+            self.hparams.loss, self.discriminator(x, y), self.discriminator(fake, y)
+        )
+        self.log(f"{stage}/loss", swd, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/d_loss", terms["loss"].mean(), sync_dist=True)
+
+    def _default_decay_steps(self) -> int:
+        trainer, n = self.trainer, self.hparams.n_critic
+        if trainer.max_steps > 0:
+            return max(1, trainer.max_steps // (n + 1))  # global_step = d + d // n: both players' steps
+        batches = trainer.estimated_stepping_batches  # max_epochs x batches per epoch: one D step each
+        if math.isinf(batches):
+            raise ConfigError(
+                "model.lr_decay=linear needs model.decay_steps or a finite trainer.max_steps / max_epochs"
+            )
+        return max(1, int(batches) // n)
+
+
+def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor:
+    """Sliced Wasserstein-1 distance between two image batches (Rabin et al. 2011; Karras et al. 2018
+    use it on Laplacian-pyramid patches): the mean over unit ``directions`` (D, K) of the 1-D
+    Wasserstein-1 distance between the projections, which for equal batch sizes is the mean absolute
+    difference of the sorted projections. real, fake: (B, C, H, W) -> scalar."""
+    proj_real = (real.flatten(1).float() @ directions).sort(dim=0).values  # (B, K)
+    proj_fake = (fake.flatten(1).float() @ directions).sort(dim=0).values  # (B, K)
+    return (proj_real - proj_fake).abs().mean()
+
+
+def _check_settings(
+    loss: str,
+    gradient_penalty: float,
+    r1_gamma: float,
+    n_critic: int,
+    decay_steps: Optional[int],
+    D: nn.Module,
+) -> None:
+    losses.check_loss(loss)
+    if n_critic < 1:
+        raise ConfigError(
+            f"model.n_critic={n_critic}: the discriminator needs at least 1 step per generator step"
+        )
+    if gradient_penalty < 0 or r1_gamma < 0:
+        raise ConfigError(
+            f"model.gradient_penalty={gradient_penalty} and model.r1_gamma={r1_gamma} must be >= 0"
+        )
+    if decay_steps is not None and decay_steps < 1:
+        raise ConfigError(f"model.decay_steps={decay_steps} must be a positive number of generator steps")
+    if (gradient_penalty > 0 or r1_gamma > 0) and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()
+    ):
+        raise ConfigError(
+            "model.gradient_penalty / model.r1_gamma are per-example penalties, but the discriminator uses "
+            "batch norm (Gulrajani et al. 2017, sec. 4): set model.discriminator.init_args.batch_norm: false"
+        )
+
+
+def _check_nets(G: nn.Module, D: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:
+    """Catch networks that do not fit the data or each other before the first step (DESIGN.md contract 1)."""
+    if len(sample_shape) != 3:
+        raise ConfigError(f"GAN needs image data (C, H, W); the data's sample_shape is {list(sample_shape)}")
+    if not hasattr(G, "latent_dim"):
+        raise ConfigError(
+            f"model.generator ({type(G).__name__}) needs a latent_dim attribute (the size of z)"
+        )
+    C, H, W = sample_shape
+    for name, net, attr in (("generator", G, "out_channels"), ("discriminator", D, "in_channels")):
+        channels = getattr(net, attr, None)
+        if channels is not None and channels != C:
+            raise ConfigError(
+                f"model.{name}.{attr}={channels} but the data's sample_shape={list(sample_shape)} has "
+                f"{C} channel(s): set model.{name}.init_args.{attr}: {C}"
+            )
+        size = getattr(net, "image_size", None)
+        if size is not None and (size, size) != (H, W):
+            raise ConfigError(
+                f"model.{name}.image_size={size} but the data's images are {H}x{W}: set "
+                f"model.{name}.init_args.image_size: {H}" + ("" if H == W else " and make the data square")
+            )
+        classes = getattr(net, "num_classes", 0)
+        if classes > 0 and classes != num_classes:
+            raise ConfigError(
+                f"model.{name}.num_classes={classes} but the data has num_classes={num_classes}: set "
+                f"model.{name}.init_args.num_classes: {num_classes}"
+            )
+    g_classes, d_classes = getattr(G, "num_classes", 0), getattr(D, "num_classes", 0)
+    if (g_classes > 0) != (d_classes > 0):
+        raise ConfigError(
+            f"model.generator.num_classes={g_classes} but model.discriminator.num_classes={d_classes}: a "
+            f"class-conditional GAN needs labels in both networks (set both to {num_classes}, or both to 0)"
+        )

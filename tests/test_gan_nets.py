@@ -1,0 +1,190 @@
+"""Tests of the GAN networks (lit_genai.nn.dcgan, lit_genai.nn.sngan, lit_genai.nn.layers): shapes,
+sizes against the references, conditioning, spectral norm, initialisation and errors."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lit_genai.errors import ConfigError
+from lit_genai.gan.losses import gradient_penalty
+from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from lit_genai.nn.layers import ConditionalBatchNorm2d
+from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
+
+SMALL_DCGAN = dict(base_channels=8)
+SMALL_RESNET_G, SMALL_RESNET_D = dict(base_channels=16), dict(base_channels=16)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _perturb_class_tables(model: nn.Module) -> nn.Module:
+    """Conditional batch norm starts at gain 1, bias 0 for every class; give classes distinct values."""
+    for m in model.modules():
+        if isinstance(m, ConditionalBatchNorm2d) and m.num_classes > 0:
+            nn.init.normal_(m.gain.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias.weight, 0.0, 0.3)
+    return model
+
+
+def _nets(kind: str, image_size: int, channels: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    if kind == "dcgan":
+        G = DCGANGenerator(latent_dim=16, out_channels=channels, image_size=image_size,
+                           num_classes=num_classes, **SMALL_DCGAN)  # fmt: skip
+        D = DCGANDiscriminator(in_channels=channels, image_size=image_size, num_classes=num_classes,
+                               **SMALL_DCGAN)  # fmt: skip
+    else:
+        G = ResNetGenerator(latent_dim=16, out_channels=channels, image_size=image_size,
+                            num_classes=num_classes, **SMALL_RESNET_G)  # fmt: skip
+        D = ResNetDiscriminator(in_channels=channels, image_size=image_size, num_classes=num_classes,
+                                **SMALL_RESNET_D)  # fmt: skip
+    return G, D
+
+
+CASES = [("dcgan", 28, 1), ("dcgan", 32, 3), ("dcgan", 64, 3), ("resnet", 32, 3), ("resnet", 48, 1)]
+
+
+@pytest.mark.parametrize("kind, image_size, channels", CASES)
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_shapes_range_and_attributes(kind, image_size, channels, num_classes):
+    G, D = _nets(kind, image_size, channels, num_classes)
+    y = torch.tensor([3, 7]) if num_classes else None
+    x = G(torch.randn(2, 16), y)
+    assert x.shape == (2, channels, image_size, image_size)
+    assert x.min() >= -1 and x.max() <= 1
+    logits = D(x, y)
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    assert (G.latent_dim, G.out_channels, G.image_size) == (16, channels, image_size)
+    assert G.num_classes == D.num_classes == num_classes
+    assert (D.in_channels, D.image_size) == (channels, image_size)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "resnet"])
+def test_every_parameter_is_trained_through_the_adversarial_game(kind):
+    G, D = _nets(kind, 32, 3, num_classes=10)
+    y = torch.tensor([1, 2, 3])
+    D(G(torch.randn(3, 16), y), y).sum().backward()
+    for name, p in [*G.named_parameters(), *D.named_parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "resnet"])
+def test_label_changes_generator_output_and_discriminator_logit(kind):
+    G, D = _nets(kind, 32, 3, num_classes=10)
+    G, D = _perturb_class_tables(G).eval(), D.eval()
+    z, x = torch.randn(1, 16).expand(2, -1), torch.randn(1, 3, 32, 32).expand(2, -1, -1, -1)
+    y = torch.tensor([0, 5])
+    with torch.no_grad():
+        images, logits = G(z, y), D(x, y)
+    assert not torch.allclose(images[0], images[1])  # same z, different class
+    assert not torch.isclose(logits[0], logits[1])  # same image, different class (projection)
+
+
+def test_resnet_generator_starts_class_blind_as_the_authors():
+    G = ResNetGenerator(latent_dim=16, num_classes=10, **SMALL_RESNET_G).eval()
+    z = torch.randn(1, 16).expand(2, -1)
+    with torch.no_grad():  # conditional batch norm: gain 1, bias 0 for every class at init
+        torch.testing.assert_close(*G(z, torch.tensor([0, 5])).unbind(0))
+
+
+def test_labels_are_required_exactly_when_conditional():
+    G, D = _nets("dcgan", 28, 1, num_classes=0)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        G(torch.randn(2, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        D(torch.randn(2, 1, 28, 28), torch.tensor([0, 1]))
+    G, D = _nets("resnet", 32, 3, num_classes=10)
+    with pytest.raises(ValueError, match=r"\(2,\) int64 labels"):
+        G(torch.randn(2, 16))
+    with pytest.raises(ValueError, match=r"\(2,\) int64 labels"):
+        D(torch.randn(2, 3, 32, 32), torch.tensor([0.0, 1.0]))
+
+
+def test_wrong_sizes_raise_actionable_errors():
+    with pytest.raises(ConfigError, match="28, 32, 64"):
+        DCGANGenerator(image_size=48)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        ResNetGenerator(image_size=28)
+    with pytest.raises(ValueError, match=r"expected x \(B, 3, 32, 32\)"):
+        DCGANDiscriminator(**SMALL_DCGAN)(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"z must be \(B, 128\)"):
+        ResNetGenerator(**SMALL_RESNET_G)(torch.randn(2, 100))
+
+
+def test_dcgan_64_matches_the_pytorch_dcgan_example_size():
+    # Radford et al. 2016 Fig. 1 layout, no conv biases (dcgan.torch / PyTorch examples/dcgan)
+    assert _count(DCGANGenerator(latent_dim=100, out_channels=3, image_size=64)) == 3_576_704
+    assert _count(DCGANDiscriminator(in_channels=3, image_size=64)) == 2_765_568
+
+
+def test_sngan_cifar10_resnets_match_the_authors_size():
+    # By hand from the authors' Chainer code (pfnet-research/sngan_projection, resnet_32.py and
+    # snresnet_32.py): G = dense 528,384 + 3 blocks x 1,246,976 + BN 512 + conv 6,915;
+    # D = 151,680 (optimized block) + 311,680 + 2 x 295,168 + dense 128 (no bias).
+    # Torch-Mimicry reports G 4.3M, D 1.0M (its D's dense layer has one bias more).
+    assert _count(ResNetGenerator()) == 4_276_739
+    assert _count(ResNetDiscriminator()) == 1_053_824
+    # projection: one 128-wide embedding row per class; conditional BN: 2 x 256 per class, 6 layers
+    assert _count(ResNetDiscriminator(num_classes=10)) == 1_053_824 + 10 * 128
+    assert _count(ResNetGenerator(num_classes=10)) == 4_276_739 + 6 * 10 * 2 * 256 - 6 * 2 * 256
+
+
+def _weighted(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda sn: ResNetDiscriminator(num_classes=10, spectral_norm=sn, **SMALL_RESNET_D),
+        lambda sn: DCGANDiscriminator(num_classes=10, batch_norm=False, spectral_norm=sn, **SMALL_DCGAN),
+    ],
+)
+def test_spectral_norm_wraps_every_layer_when_asked(make):
+    with_sn, without = make(True), make(False)
+    assert all(parametrize.is_parametrized(m, "weight") for m in _weighted(with_sn))
+    assert not any(parametrize.is_parametrized(m) for m in _weighted(without))
+    assert _count(with_sn) == _count(without)  # the power-iteration vectors are buffers
+    for _ in range(3):  # training-mode forwards run the power iteration
+        with_sn(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    for m in _weighted(with_sn):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            assert torch.linalg.matrix_norm(m.weight.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-3)
+
+
+def _raw_weight(m: nn.Module) -> torch.Tensor:
+    """The stored weight: the original under a spectral-norm parametrization."""
+    return m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+
+
+def test_dcgan_init_statistics():
+    G = DCGANGenerator(num_classes=10)
+    D = DCGANDiscriminator(num_classes=10, spectral_norm=True)
+    convs = [m for m in [*G.modules(), *D.modules()] if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    weights = torch.cat([_raw_weight(m).detach().flatten() for m in convs])
+    assert weights.mean().abs() < 1e-3
+    assert weights.std().item() == pytest.approx(0.02, rel=0.02)  # N(0, 0.02), Radford et al. sec. 4
+    class_gains = [m.gain.weight for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    bn_gains = [m.weight for m in D.modules() if isinstance(m, nn.BatchNorm2d)]
+    gains = torch.cat([g.detach().flatten() for g in class_gains + bn_gains])
+    assert gains.mean().item() == pytest.approx(1.0, abs=2e-3)
+    assert gains.std().item() == pytest.approx(0.02, rel=0.1)  # N(1, 0.02)
+
+
+def test_resnet_sum_pooling_is_64_times_mean_pooling_at_32x32():
+    torch.manual_seed(3)
+    sum_d = ResNetDiscriminator(spectral_norm=False, **SMALL_RESNET_D)
+    mean_d = ResNetDiscriminator(spectral_norm=False, pooling="mean", **SMALL_RESNET_D)
+    mean_d.load_state_dict(sum_d.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(sum_d(x), 64 * mean_d(x))  # 8x8 final map
+
+
+def test_wgan_gp_critic_penalty_trains_every_weight():
+    # The WGAN-GP ResNet critic: no spectral norm, no batch norm, mean pooling
+    D = ResNetDiscriminator(spectral_norm=False, pooling="mean", **SMALL_RESNET_D)
+    real, fake = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    gradient_penalty(D, real, fake).mean().backward()
+    assert all(p.grad is not None for name, p in D.named_parameters() if name.endswith("weight"))
