@@ -33,7 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lit_genai.callbacks.samples import class_labels, run_dir, to_uint8
+from lit_genai.callbacks.samples import class_labels, run_dir
+from lit_genai.data.images import to_uint8
 from lit_genai.metrics.classifier import accuracy, train_classifier
 from lit_genai.metrics.features import get_extractor
 from lit_genai.metrics.fid import METRICS, QualityMetrics, real_features

@@ -22,15 +22,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from lit_genai.data.images import to_uint8
+
 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The experiment's folder: ``trainer.default_root_dir`` (set per experiment by the CLI)."""
     return Path(trainer.default_root_dir)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """(B, C, H, W) in [-1, 1] -> (B, C, H, W) uint8, quantised as real images are."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def image_grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:

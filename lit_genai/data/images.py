@@ -29,6 +29,11 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, C, H, W) uint8, quantised as real 8-bit images are."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Shared loaders, random flip, ``decode`` and prediction indices; subclasses build the sets.
 
@@ -89,7 +94,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def decode(self, x: Tensor) -> Tensor:
         """Images in [-1, 1] -> uint8 pixels in [0, 255], same shape."""
-        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return to_uint8(x)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
         if dataset is None:

@@ -47,7 +47,7 @@ from torchmetrics import Metric
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 from tqdm.auto import tqdm
 
-from lit_genai.callbacks.samples import to_uint8
+from lit_genai.data.images import to_uint8
 from lit_genai.errors import ConfigError
 
 __all__ = [
