@@ -32,8 +32,9 @@ How to read the ratio
     ``lightning / plain = 0.97x`` means Lightning trains at 97% of the plain loop's images/s, i.e.
     about 3% framework overhead per step; 1.00x is no overhead. The overhead is roughly constant per
     step, so it shows most with a tiny network or batch and vanishes as the step gets heavier. The
-    three variants run one after another, so on a shared or busy machine differences of a few
-    percent are noise: raise ``--steps``, and run twice before trusting a small gap.
+    three variants take turns for ``--rounds`` rounds (default 3), so a machine whose speed drifts
+    slows each alike; still, on a shared or busy machine differences of a few percent are noise:
+    raise ``--steps`` or ``--rounds`` before trusting a small gap.
 
 Peer implementation
     A comparison with a third-party DDPM trainer (e.g. lucidrains' ``denoising-diffusion-pytorch``)
@@ -215,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--config", choices=["demo", "tiny"], default="demo", help="UNet size")
     parser.add_argument(
+        "--rounds", type=int, default=3, help="run the three variants in turn this many times (default 3)"
+    )
+    parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     args = parser.parse_args(argv)
@@ -235,16 +239,24 @@ def main(argv: list[str] | None = None) -> None:
     batches = make_batches(args.batch_size, args.warmup + args.steps)
     n_params = count_params(UNet(**unet_args))
 
-    results = {}
-    times, losses = run_plain(unet_args, lr, batches, device, args.warmup)
-    results["plain PyTorch"] = (times, losses, torch.get_num_threads())
-    results["Lightning"] = run_lightning(unet_args, lr, batches, device, args.warmup, None)
-    results["Lightning + EMA"] = run_lightning(unet_args, lr, batches, device, args.warmup, ema_args)
+    # The variants take turns (plain, Lightning, Lightning + EMA, plain, ...) so that a machine whose
+    # speed drifts during the run (shared cores, clock changes) slows each of them alike.
+    results: dict[str, tuple[list[float], list[float], int]] = {}
+    for _ in range(max(args.rounds, 1)):
+        times, losses = run_plain(unet_args, lr, batches, device, args.warmup)
+        rounds = {
+            "plain PyTorch": (times, losses, torch.get_num_threads()),
+            "Lightning": run_lightning(unet_args, lr, batches, device, args.warmup, None),
+            "Lightning + EMA": run_lightning(unet_args, lr, batches, device, args.warmup, ema_args),
+        }
+        for name, (times, losses, threads) in rounds.items():
+            previous = results.get(name, ([], losses, threads))
+            results[name] = (previous[0] + times, losses, threads)
 
     print(
         f"\nDDPM training step, config={args.config} (UNet {n_params / 1e6:.2f}M params), "
         f"batch {args.batch_size}, {args.device}, torch threads {args.threads}, "
-        f"median of {args.steps} steps after {args.warmup} warm-up"
+        f"median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up each"
     )
     header = f"{'variant':<17}{'ms/step':>9}{'min ms':>9}{'images/s':>10}{'vs plain':>10}{'max |dloss|':>13}"
     print(header)
