@@ -3,14 +3,16 @@
 What it measures
     Images per second of the DDPM training step (L_simple, eps-prediction, linear schedule with
     T = 1000, label dropout 0.1 for classifier-free guidance, Adam) of the same ``UNet`` on the same
-    bundled MNIST batches (``MNIST5k``), in one run, three ways:
+    bundled MNIST batches (``MNIST5k``), in one run, three ways (four with the peer below):
 
     - ``plain PyTorch``: a hand-written loop (model, Adam, the loss from ``lit_genai.diffusion.losses``
       and ``schedules``; no Lightning): the reference;
     - ``Lightning``: ``lit_genai.diffusion.Diffusion`` driven by ``lightning.Trainer`` (logger off,
       no checkpointing, no progress bar, no validation);
     - ``Lightning + EMA``: the same with the ``lit_genai.callbacks.EMA`` callback (decay from the
-      demo config).
+      demo config);
+    - ``peer (lucidrains)``: lucidrains' ``denoising-diffusion-pytorch`` (its own ``Unet`` and
+      ``GaussianDiffusion``, plain Adam loop), when that package is installed; see below.
 
     One step is timed as the wall-clock interval between the ends of two consecutive steps
     (``time.perf_counter``, after ``torch.cuda.synchronize`` on a GPU), so it includes fetching the
@@ -32,14 +34,26 @@ How to read the ratio
     ``lightning / plain = 0.97x`` means Lightning trains at 97% of the plain loop's images/s, i.e.
     about 3% framework overhead per step; 1.00x is no overhead. The overhead is roughly constant per
     step, so it shows most with a tiny network or batch and vanishes as the step gets heavier. The
-    three variants take turns for ``--rounds`` rounds (default 3), so a machine whose speed drifts
+    variants take turns for ``--rounds`` rounds (default 3), so a machine whose speed drifts
     slows each alike; still, on a shared or busy machine differences of a few percent are noise:
     raise ``--steps`` or ``--rounds`` before trusting a small gap.
 
-Peer implementation
-    A comparison with a third-party DDPM trainer (e.g. lucidrains' ``denoising-diffusion-pytorch``)
-    would be the natural next column, but that package is not installed and cannot be installed
-    offline here, so it is left out rather than imitated; the plain loop is the reference.
+Peer implementation (optional)
+    ``pip install denoising-diffusion-pytorch`` adds a row for lucidrains' DDPM trainer (it is not a
+    dependency of lit_genai; without it the script says the row was skipped and runs as before).
+    The peer trains its own ``Unet(dim=base_channels, dim_mults=channel_mult, channels=1)`` wrapped in
+    ``GaussianDiffusion(image_size=28, timesteps=1000, objective="pred_noise",
+    beta_schedule="linear")`` by a plain loop ``loss = diffusion(images); loss.backward();
+    adam.step()``, timed exactly like the plain loop, in the same interleaved rounds. It gets the same
+    MNIST batches mapped to [0, 1] (its ``auto_normalize`` maps them back to [-1, 1] itself). 28 x 28
+    fits its UNet for up to three resolution levels (it needs sides divisible by
+    2^(levels - 1)); a deeper UNet would get the batches zero-padded (background) to the next
+    multiple, for the peer only, and the table header says so. Its network is not ours: another
+    block layout (two ResNet blocks and linear attention per level, full attention in the middle,
+    7 x 7 stem) and no class conditioning (so no label dropout), hence a different parameter count
+    (the ``params`` column). Its ratio therefore compares "a training step of each framework's own
+    MNIST-sized UNet", not framework overhead on the same network; its losses are not compared
+    (``max |dloss|`` shows "-").
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -56,6 +71,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from lit_genai.callbacks import EMA
@@ -79,6 +95,8 @@ TINY_UNET = dict(
 # The loss settings, passed explicitly to Diffusion and used by the plain loop.
 NUM_TIMESTEPS, SCHEDULE, PREDICTION, P_UNCOND = 1000, "linear", "eps", 0.1
 SEED = 0
+PEER = "peer (lucidrains)"
+PEER_PACKAGE = "denoising-diffusion-pytorch"
 
 
 def load_config(name: str) -> tuple[dict, float, dict]:
@@ -142,6 +160,65 @@ def run_plain(
         out = net(x_t, t, y) if num_classes > 0 else net(x_t, t)
         target = prediction_target(PREDICTION, x0, eps, extract(alpha_bar, t, x0.ndim))
         loss = diffusion_loss(out, target, snr_t=snr[t], prediction=PREDICTION)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        sync(device)
+        ends.append(time.perf_counter())
+    return step_times(ends, warmup), [float(v) for v in losses]
+
+
+def peer_classes() -> tuple[type, type] | None:
+    """lucidrains' ``(Unet, GaussianDiffusion)``, or None when ``denoising-diffusion-pytorch`` is missing."""
+    try:
+        from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    except ImportError:
+        return None
+    return Unet, GaussianDiffusion
+
+
+def peer_image_size(unet_args: dict, side: int = 28) -> int:
+    """Side the peer's UNet accepts: ``side`` rounded up to a multiple of its 2^(levels - 1) downsampling."""
+    factor = 2 ** (len(unet_args["channel_mult"]) - 1)
+    return math.ceil(side / factor) * factor
+
+
+def build_peer(unet_args: dict, image_size: int) -> nn.Module:
+    """The peer's ``GaussianDiffusion`` around its own UNet of the closest size to ours."""
+    Unet, GaussianDiffusion = peer_classes()
+    torch.manual_seed(SEED)
+    unet = Unet(
+        dim=unet_args["base_channels"],
+        dim_mults=tuple(unet_args["channel_mult"]),
+        channels=unet_args.get("in_channels", 1),
+        dropout=unet_args.get("dropout", 0.0),
+    )
+    return GaussianDiffusion(
+        unet,
+        image_size=image_size,
+        timesteps=NUM_TIMESTEPS,
+        objective="pred_noise",
+        beta_schedule=SCHEDULE,
+        auto_normalize=True,  # it takes [0, 1] images and maps them to [-1, 1] itself
+    )
+
+
+def run_peer(
+    unet_args: dict, lr: float, batches: list, device: torch.device, warmup: int
+) -> tuple[list[float], list[float]]:
+    """lucidrains' trainer step in a plain Adam loop; returns (timed step seconds, per-step losses)."""
+    size = peer_image_size(unet_args)
+    diffusion = build_peer(unet_args, size).to(device).train()
+    opt = torch.optim.Adam(diffusion.parameters(), lr=lr)
+    pad = size - 28
+    # Untimed: [-1, 1] -> [0, 1] (its auto_normalize undoes it), zero (background) padding if needed.
+    images = [F.pad((x0 + 1) / 2, (0, pad, 0, pad)) for x0, _ in batches]  # (B, 1, size, size)
+    losses, ends = [], []
+    torch.manual_seed(SEED + 1)
+    for x0 in images:
+        x0 = x0.to(device)
+        loss = diffusion(x0)  # its own training step: t, noise, q_sample, UNet, weighted MSE
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -216,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--config", choices=["demo", "tiny"], default="demo", help="UNet size")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="run the three variants in turn this many times (default 3)"
+        "--rounds", type=int, default=3, help="run the variants in turn this many times (default 3)"
     )
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
@@ -238,9 +315,16 @@ def main(argv: list[str] | None = None) -> None:
     unet_args, lr, ema_args = load_config(args.config)
     batches = make_batches(args.batch_size, args.warmup + args.steps)
     n_params = count_params(UNet(**unet_args))
+    has_peer = peer_classes() is not None
+    if has_peer:
+        peer_size = peer_image_size(unet_args)
+        peer_params = count_params(build_peer(unet_args, peer_size).model)
+    else:
+        print(f"{PEER} row skipped: `pip install {PEER_PACKAGE}` to enable it")
+    params = {"plain PyTorch": n_params, "Lightning": n_params, "Lightning + EMA": n_params}
 
-    # The variants take turns (plain, Lightning, Lightning + EMA, plain, ...) so that a machine whose
-    # speed drifts during the run (shared cores, clock changes) slows each of them alike.
+    # The variants take turns (plain, Lightning, Lightning + EMA, peer, plain, ...) so that a machine
+    # whose speed drifts during the run (shared cores, clock changes) slows each of them alike.
     results: dict[str, tuple[list[float], list[float], int]] = {}
     for _ in range(max(args.rounds, 1)):
         times, losses = run_plain(unet_args, lr, batches, device, args.warmup)
@@ -249,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
             "Lightning": run_lightning(unet_args, lr, batches, device, args.warmup, None),
             "Lightning + EMA": run_lightning(unet_args, lr, batches, device, args.warmup, ema_args),
         }
+        if has_peer:
+            times, losses = run_peer(unet_args, lr, batches, device, args.warmup)
+            rounds[PEER] = (times, losses, torch.get_num_threads())
+            params[PEER] = peer_params
         for name, (times, losses, threads) in rounds.items():
             previous = results.get(name, ([], losses, threads))
             results[name] = (previous[0] + times, losses, threads)
@@ -258,7 +346,12 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch_size}, {args.device}, torch threads {args.threads}, "
         f"median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up each"
     )
-    header = f"{'variant':<17}{'ms/step':>9}{'min ms':>9}{'images/s':>10}{'vs plain':>10}{'max |dloss|':>13}"
+    if has_peer and peer_size != 28:
+        print(f"({PEER}: batches zero-padded to {peer_size}x{peer_size} for its UNet; others 28x28)")
+    header = (
+        f"{'variant':<19}{'params':>8}{'ms/step':>9}{'min ms':>9}{'images/s':>10}{'vs plain':>10}"
+        f"{'max |dloss|':>13}"
+    )
     print(header)
     print("-" * len(header))
     plain_ips, plain_losses = None, results["plain PyTorch"][1]
@@ -270,14 +363,24 @@ def main(argv: list[str] | None = None) -> None:
         ips = args.batch_size / median
         plain_ips = plain_ips or ips
         ratios[name] = ips / plain_ips
-        dloss = max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True))
+        if name == PEER:  # another network and loss stream: nothing to compare
+            dloss_text = "-"
+        else:
+            dloss_text = f"{max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True)):.2e}"
         print(
-            f"{name:<17}{median * 1e3:>9.1f}{min(times) * 1e3:>9.1f}{ips:>10.1f}"
-            f"{ratios[name]:>9.2f}x{dloss:>13.2e}"
+            f"{name:<19}{params[name] / 1e3:>7.0f}k{median * 1e3:>9.1f}{min(times) * 1e3:>9.1f}"
+            f"{ips:>10.1f}{ratios[name]:>9.2f}x{dloss_text:>13}"
+        )
+    if has_peer:
+        print(
+            f"  {PEER}: {PEER_PACKAGE}'s own UNet (other blocks, unconditional) in its own"
+            " GaussianDiffusion;\n  its ratio compares a training step of each framework's own"
+            " MNIST-sized UNet, not overhead on the same network."
         )
     print(
         f"\nlightning / plain = {ratios['Lightning']:.2f}x, "
         f"lightning+ema / plain = {ratios['Lightning + EMA']:.2f}x  (1.00x = no overhead)"
+        + (f", peer / plain = {ratios[PEER]:.2f}x" if has_peer else "")
     )
 
 
