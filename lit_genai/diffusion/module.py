@@ -17,7 +17,6 @@ Classifier-free guidance convention (Ho & Salimans 2022, eq. 6):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Literal, Optional
 
@@ -31,6 +30,7 @@ from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
 from lit_genai.diffusion.vlb import vlb_terms
 from lit_genai.errors import ConfigError
+from lit_genai.hparams import save_plain_hyperparameters
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
 # command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
@@ -110,15 +110,9 @@ class Diffusion(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        with warnings.catch_warnings():  # `net` as a module: its weights are in the state dict already
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
-            self.save_hyperparameters(ignore=list(SAMPLING_OPTIONS))
-        # Keep what the CLI recorded (plain config: loads with weights_only=True); drop objects passed
-        # from Python (the network, optimiser classes, partials).
-        for name in ("net", "optimizer", "lr_scheduler"):
-            if self.hparams.get(name) is not None and not isinstance(self.hparams.get(name), (dict, str)):
-                self.hparams.pop(name)
-                self._hparams_initial.pop(name, None)
+        save_plain_hyperparameters(
+            self, objects=("net", "optimizer", "lr_scheduler"), ignore=SAMPLING_OPTIONS
+        )
         self.net = net
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses

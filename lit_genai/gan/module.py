@@ -48,7 +48,6 @@ Shape legend: B batch, C/H/W image, Z latent_dim, K slicing directions, E fixed 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
@@ -61,6 +60,7 @@ from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
 from lit_genai.gan import losses
+from lit_genai.hparams import save_plain_hyperparameters
 
 EVAL_NOISE = 1024  # E: fixed noise vectors, reused cyclically by the validation batches
 NUM_DIRECTIONS = 128  # K: projections of the sliced Wasserstein distance
@@ -125,15 +125,7 @@ class GAN(LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        with warnings.catch_warnings():  # the networks' weights are in the state dict already
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
-            self.save_hyperparameters()
-        # Keep what the CLI recorded (plain config: load_from_checkpoint can rebuild it, and it loads with
-        # weights_only=True); drop objects passed from Python (networks, optimiser classes, partials).
-        for name in ("generator", "discriminator", "optimizer_g", "optimizer_d"):
-            if not isinstance(self.hparams.get(name), (dict, str)):
-                self.hparams.pop(name, None)
-                self._hparams_initial.pop(name, None)
+        save_plain_hyperparameters(self, objects=("generator", "discriminator", "optimizer_g", "optimizer_d"))
         self.generator, self.discriminator = generator, discriminator
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(generator, "num_classes", 0)  # the classes the model uses

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
+from lit_genai.hparams import save_plain_hyperparameters
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -142,12 +142,7 @@ class Classifier(LightningModule):
         max_shift: int = 2,
     ) -> None:
         super().__init__()
-        with warnings.catch_warnings():  # `net` as a module: its weights are in the state dict already
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
-            self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        if isinstance(self.hparams.get("net"), nn.Module):
-            self.hparams.pop("net")
-            self._hparams_initial.pop("net", None)
+        save_plain_hyperparameters(self, objects=("net",), ignore=("optimizer", "lr_scheduler"))
         self.net = net
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = num_classes

@@ -1,0 +1,32 @@
+"""Hyperparameters that reload safely: config values only, never Python objects.
+
+Under LightningCLI a module's hyperparameters are the plain config (``class_path`` + ``init_args``
+dicts), which ``load_from_checkpoint`` can rebuild and ``torch.load(weights_only=True)`` can read
+(DESIGN.md contract 6). Built from Python, the same arguments are objects (a network, an optimiser
+class, a lambda): pickling them would make checkpoints unsafe or unloadable, and a network's
+weights are in the state dict already, so they are dropped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningModule
+
+
+def save_plain_hyperparameters(
+    module: LightningModule, objects: Sequence[str], ignore: Sequence[str] = ()
+) -> None:
+    """``module.save_hyperparameters(ignore=ignore)`` from the caller's ``__init__``, then drop each of
+    ``objects`` (init argument names) whose value is not plain config (a dict or a string)."""
+    frame = inspect.currentframe().f_back  # the caller's __init__, whose arguments are saved
+    with warnings.catch_warnings():  # networks as modules: their weights are in the state dict already
+        warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+        module.save_hyperparameters(ignore=list(ignore), frame=frame)
+    for name in objects:
+        value = module.hparams.get(name)
+        if value is not None and not isinstance(value, (dict, str)):
+            module.hparams.pop(name)
+            module._hparams_initial.pop(name, None)
