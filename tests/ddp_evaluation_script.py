@@ -9,27 +9,16 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import tiny_conditional_diffusion
 from lightning.pytorch import Trainer
 
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.data import MNIST5k
-from lit_genai.diffusion import Diffusion
-from lit_genai.nn import UNet
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    net = UNet(
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(),
-        dropout=0.0,
-        num_groups=4,
-        num_classes=10,
-    )
-    module = Diffusion(net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=2)
+    module = tiny_conditional_diffusion()
     evaluation = Evaluation(
         num_samples=30, batch_size=8, num_real=60, cache_dir=str(out / "cache"), metrics=("fid", "is", "pr")
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import TINY_CLI_TRAINER
 
 from lit_genai.cli import LitGenAICLI, experiment_name, main
 
@@ -31,15 +32,7 @@ TINY = {
         }
     },
     "data": {"init_args": {"batch_size": 8, "predict_samples": 6}},
-    "trainer": {
-        "max_steps": 4,
-        "limit_train_batches": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},
-    },
+    "trainer": TINY_CLI_TRAINER,
     "samples": {"num_samples": 4},
 }
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch import Trainer
 from torch import nn
 
@@ -22,15 +23,7 @@ def _module(num_classes: int = 0, **kwargs) -> Diffusion:
 
 
 def _trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 def test_training_on_bundled_mnist_lowers_the_loss(tmp_path):

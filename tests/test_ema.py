@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -73,17 +74,7 @@ class TwoPlayer(LightningModule):
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        max_epochs=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-    )
-    return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, callbacks, **{"max_epochs": 1, "limit_val_batches": 1, **kwargs})
 
 
 def test_update_is_the_exponential_average():

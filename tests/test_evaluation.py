@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from helpers import quiet_trainer, tiny_conditional_diffusion
 
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
@@ -18,32 +18,8 @@ from lit_genai.nn import UNet
 HERE = Path(__file__).resolve().parent
 
 
-def _module(**kwargs) -> Diffusion:
-    net = UNet(
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(),
-        dropout=0.0,
-        num_groups=4,
-        num_classes=10,
-    )
-    return Diffusion(
-        net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=2, **kwargs
-    )
-
-
-def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+_module = tiny_conditional_diffusion
+_trainer = quiet_trainer
 
 
 def test_test_reports_every_metric_with_the_extractor_in_the_key(tmp_path):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from helpers import TINY_CLI_TRAINER, quiet_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -39,16 +40,7 @@ def _gan(num_classes: int = 10, batch_norm: bool = True, **kwargs) -> GAN:
 
 
 def _trainer(tmp_path, callbacks=(), **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    return Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, callbacks, **{"limit_val_batches": 0, **kwargs})
 
 
 def _snapshot(net: torch.nn.Module) -> list[torch.Tensor]:
@@ -331,15 +323,7 @@ TINY = {
         }
     },
     "data": {"init_args": {"batch_size": 8, "predict_samples": 6}},
-    "trainer": {
-        "max_steps": 4,
-        "limit_train_batches": 2,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},
-    },
+    "trainer": TINY_CLI_TRAINER,
     "samples": {"num_samples": 10},
 }
 
