@@ -2,7 +2,7 @@
 
 The command line (``lit_genai.cli.main``) prints any ``LitGenAIError`` as one line,
 ``lit-genai: error: <message>``, and exits with status 1, without a traceback: the message
-itself must say what is wrong, where, and what to do about it (DESIGN.md contract 8).
+itself must say what is wrong, where, and what to do about it (docs/architecture.md, "Errors").
 """
 
 

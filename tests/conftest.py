@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Two cores are shared between pytest, DataLoader workers and torch's intra-op pool: pin torch to
-# one thread so tests do not fight each other (DESIGN.md "Performance rules").
+# one thread so tests do not fight each other (CPU threads are set deliberately in tests and benchmarks).
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

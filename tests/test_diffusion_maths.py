@@ -367,3 +367,60 @@ def test_sampler_rejects_bad_arguments():
 def test_progress_bar_names_the_sampler(capsys):
     ddim_sample(lambda x, t: x, (1, 1, 2, 2), _alpha_bar32("linear", 100), steps=5, progress=True)
     assert "DDIM 5 steps" in capsys.readouterr().err
+
+
+def _reference_ddim(model_fn, x_T, noise, alpha_bar, taus, eta):
+    """DDIM eq. 12 + 16 written out in float64 numpy, independently of the library's loop.
+
+    ``taus`` increasing visited steps; ``noise`` an iterator of the z draws (one per step with sigma > 0).
+    """
+    import numpy as np
+
+    x = x_T.double().numpy()
+    for k in range(len(taus) - 1, -1, -1):
+        t = taus[k]
+        a_t = alpha_bar[t]
+        a_prev = alpha_bar[taus[k - 1]] if k > 0 else 1.0  # the previous *visited* step's alpha_bar
+        eps = model_fn(torch.from_numpy(x).float(), torch.full((x.shape[0],), t)).double().numpy()
+        x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(1 - a_t / a_prev)
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma**2) * eps
+        if sigma > 0:
+            x = x + sigma * next(noise).double().numpy()
+    return torch.from_numpy(x)
+
+
+@pytest.mark.parametrize("skip", ["uniform", "quadratic"])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_strided_ddim_matches_an_independent_computation(skip, eta):
+    # 10 of T = 1000 steps: a sampler that used alpha_bar of t - 1 instead of the previous visited
+    # step (or of the wrong end of the sequence) lands far from the reference.
+    import numpy as np
+
+    T, shape = 1000, (4, 1, 3, 3)
+    betas = np.linspace(1e-4, 0.02, T)  # DDPM's linear schedule, recomputed here
+    alpha_bar = np.cumprod(1 - betas)
+    taus = (
+        list(range(0, T, T // 10))
+        if skip == "uniform"
+        else list((np.linspace(0, np.sqrt(0.8 * T), 10) ** 2).astype(np.int64))
+    )
+
+    def model_fn(x_t, t):  # a smooth stand-in for a network: depends on x_t and t
+        return 0.5 * torch.tanh(x_t) + 0.1 * (t.float() / T)[:, None, None, None]
+
+    out = ddim_sample(
+        model_fn,
+        shape,
+        torch.from_numpy(alpha_bar).float(),
+        steps=10,
+        eta=eta,
+        skip=skip,
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(0),
+    )
+    draws = torch.Generator().manual_seed(0)
+    x_T = torch.randn(shape, generator=draws)
+    noise = iter(lambda: torch.randn(shape, generator=draws), None)
+    expected = _reference_ddim(model_fn, x_T, noise, alpha_bar, taus, eta)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)

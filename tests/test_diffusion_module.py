@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, tiny_conditional_diffusion
 from lightning.pytorch import Trainer
 from torch import nn
 
+from lit_genai.callbacks.samples import SampleWriter
 from lit_genai.data import MNIST5k
 from lit_genai.diffusion import Diffusion
 from lit_genai.errors import ConfigError
@@ -147,3 +148,77 @@ def test_test_reports_bits_per_dim_by_default(tmp_path):
     )[0]
     assert 1.0 < metrics["test/bpd"] < 20.0
     assert _module().test_bpd_timesteps > 0
+
+
+def test_predict_sample_depends_on_seed_and_index_only(tmp_path):
+    # SampleWriter names files after the sample index, so "sample i = seed + i" must hold whatever
+    # the batch size: the same file from batches of 1 and of 16 is byte-identical.
+    module = tiny_conditional_diffusion()
+    written = {}
+    for batch_size in (1, 16):
+        out = tmp_path / f"batch{batch_size}"
+        trainer = quiet_trainer(tmp_path, [SampleWriter(output_dir=str(out))])
+        trainer.predict(module, datamodule=MNIST5k(batch_size=batch_size, predict_samples=5))
+        written[batch_size] = {p.name: p.read_bytes() for p in out.glob("sample_*.png")}
+    assert sorted(written[1]) == sorted(written[16]) == [f"sample_{i:05d}.png" for i in range(5)]
+    assert written[1]["sample_00003.png"] == written[16]["sample_00003.png"]
+    assert written[1]["sample_00003.png"] != written[1]["sample_00004.png"]
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+from lightning.pytorch import Trainer, seed_everything
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from helpers import tiny_conditional_diffusion
+from lit_genai.data import MNIST5k
+
+torch.set_num_threads(1)
+seed_everything(0)  # every rank alike, as the CLI does
+seen = {}
+
+
+class Spy(type(tiny_conditional_diffusion())):
+    def _loss_terms(self, x0, y, t, eps):
+        if self.training and "t" not in seen:
+            seen.update(t=t.tolist(), eps=eps.flatten()[:16].tolist(), dropped=(y == 10).tolist())
+        return super()._loss_terms(x0, y, t, eps)
+
+
+class Flips(MNIST5k):
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        out = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.trainer.training and "flipped" not in seen:
+            seen["flipped"] = [not torch.equal(a, b) for a, b in zip(batch[0], out[0])]
+        return out
+
+
+module = tiny_conditional_diffusion(p_uncond=0.5)
+module.__class__ = Spy
+trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=1, limit_val_batches=0,
+                  logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=sys.argv[1])
+trainer.fit(module, datamodule=Flips(batch_size=16, random_flip=True))
+with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_ddp_ranks_draw_distinct_timesteps_noise_label_dropout_and_flips(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "ddp_diffusion.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=root, timeout=300, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for key in ("t", "eps", "dropped", "flipped"):
+        assert len(rank0[key]) == len(rank1[key]) > 0
+        assert rank0[key] != rank1[key], f"both ranks drew the same {key}"

@@ -51,6 +51,9 @@ def _changed(before: list[torch.Tensor], net: torch.nn.Module) -> bool:
     return any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
 
 
+PLAYERS = {"generator": "net_g", "discriminator": "net_d"}  # step-log name -> the module's network
+
+
 class PlayerSpy(Callback):
     """Records, for every optimiser step, which player stepped and which networks' parameters moved."""
 
@@ -65,18 +68,20 @@ class PlayerSpy(Callback):
             opt.register_step_post_hook(lambda *_, player=player: self._after(player, module))
 
     def _before(self, module):
-        self._params = {name: _snapshot(getattr(module, name)) for name in ("generator", "discriminator")}
+        self._params = {name: _snapshot(getattr(module, attr)) for name, attr in PLAYERS.items()}
 
     def _after(self, player, module):
-        moved = {name: _changed(before, getattr(module, name)) for name, before in self._params.items()}
+        moved = {
+            name: _changed(before, getattr(module, PLAYERS[name])) for name, before in self._params.items()
+        }
         self.steps.append((player, moved))
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self._batch_start = (module.g_steps, _snapshot(module.generator))
+        self._batch_start = (module.g_steps, _snapshot(module.net_g))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         g_steps, before = self._batch_start
-        self.batches.append((module.g_steps - g_steps, _changed(before, module.generator)))
+        self.batches.append((module.g_steps - g_steps, _changed(before, module.net_g)))
 
 
 def test_each_step_moves_only_its_own_player(tmp_path):
@@ -125,8 +130,8 @@ def test_n_critic_counts_steps_schedulers_and_ema_per_player(tmp_path):
     assert opt_d.param_groups[0]["lr"] == pytest.approx(LR * (1 - 12 / 50))
 
     assert ema.num_updates == 2  # one per generator step
-    assert set(ema._shadow) == set(module.generator.state_dict())  # the discriminator is not averaged
-    name, live = next(iter(module.generator.named_parameters()))
+    assert set(ema._shadow) == set(module.net_g.state_dict())  # the discriminator is not averaged
+    name, live = next(iter(module.net_g.named_parameters()))
     assert not ema.swapped_in and not torch.equal(ema._shadow[name], live)  # training weights are back
     assert set(trainer.callback_metrics) >= {"train/d_loss", "train/d_real", "train/d_fake", "train/g_loss"}
     assert {"val/loss", "val/d_loss"} <= set(trainer.callback_metrics)
@@ -222,10 +227,13 @@ def test_sample_is_deterministic_in_range_and_restores_train_mode():
     assert a.shape == (6, 1, 28, 28)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= -1 and a.max() <= 1
-    assert module.generator.training  # sampled in eval mode (batch norm), mode restored
-    # predict: the batch of indices k.. uses seed + k and labels k % num_classes.
-    expected = module.sample(6, cond=torch.arange(6) % 10, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(module.predict_step(torch.arange(6), 0), expected)
+    assert module.net_g.training  # sampled in eval mode (batch norm), mode restored
+    # predict: sample i uses the generator seed + i and the label i % num_classes, whatever its batch.
+    batch = module.predict_step(torch.arange(6), 0)
+    alone = module.sample(1, cond=torch.tensor([3]), generator=[torch.Generator().manual_seed(3)])
+    torch.testing.assert_close(batch[3:4], alone, atol=1e-6, rtol=0)
+    torch.testing.assert_close(module.predict_step(torch.tensor([3, 4]), 0)[0:1], alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(batch[3], batch[4])
 
 
 def test_unconditional_networks_ignore_the_labels(tmp_path):
@@ -240,11 +248,11 @@ def test_networks_that_do_not_fit_the_data_are_one_clear_error():
     G = DCGANGenerator(latent_dim=8, out_channels=1, image_size=28, base_channels=8)
     with pytest.raises(ConfigError, match=r"in_channels=3 but the data's sample_shape=\[1, 28, 28\]"):
         GAN(G, DCGANDiscriminator(in_channels=3, image_size=28, base_channels=8), sample_shape=(1, 28, 28))
-    with pytest.raises(ConfigError, match=r"generator.image_size=28 but the data's images are 32x32"):
+    with pytest.raises(ConfigError, match=r"net_g.image_size=28 but the data's images are 32x32"):
         GAN(G, DCGANDiscriminator(in_channels=1, image_size=32), sample_shape=(1, 32, 32))
-    with pytest.raises(ConfigError, match=r"discriminator.num_classes=5 but the data has num_classes=10"):
+    with pytest.raises(ConfigError, match=r"net_d.num_classes=5 but the data has num_classes=10"):
         GAN(G, DCGANDiscriminator(1, 28, 8, num_classes=5), sample_shape=(1, 28, 28), num_classes=10)
-    with pytest.raises(ConfigError, match=r"generator.num_classes=0 but model.discriminator.num_classes=10"):
+    with pytest.raises(ConfigError, match=r"net_g.num_classes=0 but model.net_d.num_classes=10"):
         GAN(G, DCGANDiscriminator(1, 28, 8, num_classes=10), sample_shape=(1, 28, 28), num_classes=10)
     with pytest.raises(ConfigError, match=r"batch_norm: false"):
         GAN(G, DCGANDiscriminator(1, 28, 8), sample_shape=(1, 28, 28), gradient_penalty=10)
@@ -318,8 +326,8 @@ def test_two_process_cpu_ddp_trains_both_players_in_step(tmp_path):
 TINY = {
     "model": {
         "init_args": {
-            "generator": {"init_args": {"base_channels": 8, "latent_dim": 8}},
-            "discriminator": {"init_args": {"base_channels": 8}},
+            "net_g": {"init_args": {"base_channels": 8, "latent_dim": 8}},
+            "net_d": {"init_args": {"base_channels": 8}},
         }
     },
     "data": {"init_args": {"batch_size": 8, "predict_samples": 6}},
@@ -357,3 +365,45 @@ def test_cli_fits_the_mnist_demo_resumes_and_predicts(tmp_path):
     out = tmp_path / "predictions"
     assert sorted(p.name for p in out.glob("sample_*.png")) == [f"sample_{i:05d}.png" for i in range(6)]
     assert (out / "grid.png").is_file()
+
+
+class _PoisonCriticGradients(Callback):
+    """Counts the critic's backward passes and puts an inf into its gradient on the chosen ones, so
+    that the 16-mixed GradScaler skips those optimiser steps; counts the steps that really ran."""
+
+    def __init__(self, poisoned: set[int]):
+        self.poisoned, self.critic_backwards, self.real_critic_steps = poisoned, 0, 0
+
+    def on_fit_start(self, trainer, module):
+        trainer.optimizers[1].register_step_post_hook(
+            lambda *_: setattr(self, "real_critic_steps", self.real_critic_steps + 1)
+        )
+
+    def on_after_backward(self, trainer, module):
+        weight = next(module.net_d.parameters())
+        if weight.requires_grad:  # the critic's own step (the toggle freezes it during G's)
+            self.critic_backwards += 1
+            if self.critic_backwards in self.poisoned:
+                weight.grad.view(-1)[0] = float("inf")
+
+
+def test_steps_the_amp_scaler_skips_count_for_nothing(tmp_path):
+    # 16-mixed on CPU through Lightning's own MixedPrecision plugin and a real GradScaler.
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = _gan(n_critic=2, lr_decay="linear", decay_steps=10)
+    spy = _PoisonCriticGradients(poisoned={2, 3})
+    trainer = quiet_trainer(
+        tmp_path,
+        [spy],
+        plugins=[MixedPrecision("16-mixed", "cpu")],
+        max_steps=8,
+        limit_train_batches=20,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=MNIST5k(batch_size=8))
+    assert spy.critic_backwards > spy.real_critic_steps  # at least the two poisoned steps were skipped
+    assert module.d_steps == spy.real_critic_steps
+    assert module.g_steps == module.d_steps // 2  # n_critic counts real critic steps only
+    sched_g, sched_d = (config.scheduler for config in trainer.lr_scheduler_configs)
+    assert (sched_g.last_epoch, sched_d.last_epoch) == (module.g_steps, module.d_steps)

@@ -4,7 +4,7 @@ Lightning 2.6 writes ``last.ckpt`` after validation (or at the end of a training
 end of training, only if it never wrote one before. A run that stops between two validations (at
 ``max_steps`` in the middle of an epoch, or by a Timer) would leave a ``last.ckpt`` from before its
 final steps, and ``--ckpt_path last`` would then repeat them. This subclass also writes
-``last.ckpt`` when training ends at a step it has not saved yet (DESIGN.md contract 6).
+``last.ckpt`` when training ends at a step it has not saved yet (docs/architecture.md, "Checkpoints").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Global random-number-generator state in checkpoints (DESIGN.md contract 6).
+"""Global random-number-generator state in checkpoints (docs/architecture.md, "Checkpoints").
 
 Lightning 2.6 checkpoints hold weights, optimisers, schedulers, loops and callback states, but not
 the RNG state, so a resumed run shuffles its data and draws its noise from whatever state the new

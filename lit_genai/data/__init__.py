@@ -1,4 +1,4 @@
-"""LightningDataModules: each yields batches in the shapes of DESIGN.md contract 2."""
+"""LightningDataModules: each yields batches in the shapes of docs/architecture.md, "Batches"."""
 
 from lit_genai.data.images import (
     CIFAR10,

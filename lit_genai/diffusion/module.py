@@ -25,11 +25,11 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lit_genai import paradigm
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
 from lit_genai.diffusion.vlb import vlb_terms
-from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
@@ -79,11 +79,14 @@ class Diffusion(LightningModule):
         optimizer: Optimiser for the network's parameters.
         lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
         warmup_steps: Linear LR warm-up over this many steps (DDPM: 5000).
-        seed: Base seed of ``predict``: sample i of a batch starting at index k uses seed + k.
+        seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
     """
 
     modality = "image"
     ema_target = "net"
+    sampling_options = SAMPLING_OPTIONS
+    sampling_settings = paradigm.sampling_settings
+    predict_step = paradigm.predict_step
 
     def __init__(
         self,
@@ -120,7 +123,7 @@ class Diffusion(LightningModule):
         self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
         self.bpd_timesteps, self.test_bpd_timesteps = bpd_timesteps, test_bpd_timesteps
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        _check_net(net, self.sample_shape, num_classes)
+        paradigm.check_net(net, "model.net", sample_shape=self.sample_shape, num_classes=num_classes)
 
         # Schedule in float64, kept as float32 buffers (moved with the module, not trained).
         for name, value in schedule_tensors(make_betas(beta_schedule, num_timesteps)).items():
@@ -132,33 +135,26 @@ class Diffusion(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
+        B, trainer = x0.shape[0], self._trainer  # None when called outside a Trainer
         if self.num_classes > 0 and self.hparams.p_uncond > 0:
             # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-            drop = torch.rand(y.shape, device=y.device) < self.hparams.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        terms = self._loss_terms(x0, y)
+            u = paradigm.this_rank(lambda n: torch.rand(n, device=y.device), B, trainer)  # (B,)
+            y = torch.where(u < self.hparams.p_uncond, torch.full_like(y, self.num_classes), y)
+        # t and noise: this rank's slice of a world-sized draw, so ranks seeded alike differ.
+        t = paradigm.this_rank(
+            lambda n: torch.randint(0, self.num_timesteps, (n,), device=x0.device), B, trainer
+        )
+        eps = paradigm.this_rank(lambda n: torch.randn((n, *x0.shape[1:]), device=x0.device), B, trainer)
+        terms = self._loss_terms(x0, y, t, eps.to(x0))
         for name, value in terms.items():
             self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
         return terms["loss"].mean()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        # Fixed t and noise per batch index, so the validation curve measures the model, not the dice.
-        generator = torch.Generator().manual_seed(batch_idx)
-        terms = self._loss_terms(*batch, generator=generator)
-        self.log("val/loss", terms["loss"].mean(), prog_bar=True, sync_dist=True)
-        self._log_bpd("val", *batch, generator=generator)
+        self._evaluate("val", batch, batch_idx)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        generator = torch.Generator().manual_seed(batch_idx)
-        terms = self._loss_terms(*batch, generator=generator)
-        self.log("test/loss", terms["loss"].mean(), sync_dist=True)
-        self._log_bpd("test", *batch, generator=generator)
-
-    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        """(B,) sample indices -> (B, C, H, W) samples in [-1, 1]; index k's label is k % num_classes."""
-        generator = torch.Generator().manual_seed(self.hparams.seed + int(batch[0]))
-        cond = batch.to(self.device) % self.num_classes if self.num_classes > 0 else None
-        return self.sample(batch.shape[0], cond=cond, generator=generator)
+        self._evaluate("test", batch, batch_idx)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.net.parameters())
@@ -186,7 +182,7 @@ class Diffusion(LightningModule):
         n: int,
         *,
         cond: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: paradigm.Generators = None,
         sampler: Optional[Literal["ddpm", "ddim"]] = None,
         steps: Optional[int] = None,
         eta: Optional[float] = None,
@@ -197,6 +193,7 @@ class Diffusion(LightningModule):
 
         ``cond`` (n,) class labels for a class-conditional model (None: unconditional, i.e. the null
         label). The same ``generator`` seed gives the same images.
+        ``generator`` may also be one generator per sample (``paradigm.sample_generators``).
         """
         sampler = sampler or self.sampler
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -209,9 +206,7 @@ class Diffusion(LightningModule):
             device=self.device,
             progress=progress,
         )
-        was_training = self.net.training
-        self.net.eval()
-        try:
+        with paradigm.eval_mode(self.net):
             if sampler == "ddpm":
                 x = ddpm_sample(model_fn, shape, self.betas, variance=self.variance, **options)
             else:
@@ -224,25 +219,27 @@ class Diffusion(LightningModule):
                     skip=self.skip,
                     **options,
                 )
-        finally:
-            self.net.train(was_training)
         return x.clamp(-1, 1)  # (n, C, H, W)
 
-    def _loss_terms(
-        self, x0: Tensor, y: Tensor, generator: Optional[torch.Generator] = None
-    ) -> dict[str, Tensor]:
-        """Per-example L_simple (DDPM eq. 14) at random t: {"loss": (B,), "mse": (B,)}."""
-        B = x0.shape[0]
-        t = torch.randint(
-            0,
-            self.alpha_bar.shape[0],
-            (B,),
-            generator=generator,
-            device=generator.device if generator else x0.device,
-        ).to(x0.device)
-        eps = torch.randn(
-            x0.shape, generator=generator, device=generator.device if generator else x0.device
-        ).to(x0)
+    @property
+    def num_timesteps(self) -> int:
+        return self.alpha_bar.shape[0]
+
+    def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """``<stage>/loss`` (and the bound, if asked) with t and noise fixed per batch index, so the
+        curve measures the model, not the dice; distinct per rank, as in training."""
+        x0, y = batch
+        trainer = self._trainer
+        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
+        generator = torch.Generator().manual_seed(index)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        terms = self._loss_terms(x0, y, t, eps)
+        self.log(f"{stage}/loss", terms["loss"].mean(), prog_bar=stage == "val", sync_dist=True)
+        self._log_bpd(stage, x0, y, generator=generator)
+
+    def _loss_terms(self, x0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> dict[str, Tensor]:
+        """Per-example L_simple (DDPM eq. 14) at steps t (B,) with noise eps: {"loss": (B,), "mse": (B,)}."""
         x_t = q_sample(x0, t, eps, self.alpha_bar)  # (B, C, H, W)
         out = self(x_t, t, y)  # (B, C, H, W)
         target = prediction_target(self.hparams.prediction, x0, eps, extract(self.alpha_bar, t, x0.ndim))
@@ -293,19 +290,3 @@ class Diffusion(LightningModule):
             return out_u + (1 + w) * (out_c - out_u)  # = (1 + w) out_c - w out_u (Ho & Salimans eq. 6)
 
         return guided
-
-
-def _check_net(net: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:
-    """Catch a network that does not fit the data before the first step (DESIGN.md contract 1)."""
-    channels = getattr(net, "in_channels", None)
-    if channels is not None and channels != sample_shape[0]:
-        raise ConfigError(
-            f"model.net.in_channels={channels} but the data's sample_shape={list(sample_shape)} has "
-            f"{sample_shape[0]} channel(s): set model.net.init_args.in_channels: {sample_shape[0]}"
-        )
-    net_classes = getattr(net, "num_classes", 0)
-    if net_classes > 0 and net_classes != num_classes:
-        raise ConfigError(
-            f"model.net.num_classes={net_classes} but the data has num_classes={num_classes}: set "
-            f"model.net.init_args.num_classes: {num_classes}"
-        )

@@ -37,18 +37,10 @@ from tqdm import tqdm
 from lit_genai.diffusion.losses import Prediction, check_prediction, to_x0_eps
 from lit_genai.diffusion.schedules import schedule_tensors
 from lit_genai.errors import ConfigError
+from lit_genai.paradigm import Generators, randn
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 """(x_t (B, C, H, W), t (B,) int64) -> model output (B, C, H, W) in the sampler's ``prediction``."""
-
-
-def _randn(shape: Sequence[int], generator: Optional[torch.Generator], device: torch.device) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``.
-
-    A CPU generator thus gives the same noise whether the model runs on CPU or GPU.
-    """
-    noise_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=noise_device).to(device)
 
 
 def _call_model(model_fn: ModelFn, x_t: Tensor, step: int) -> Tensor:
@@ -77,7 +69,7 @@ def ddpm_sample(
     prediction: Prediction = "eps",
     variance: Literal["beta", "beta_tilde"] = "beta",
     clip_denoised: bool = True,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     device: Optional[torch.device] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -91,7 +83,7 @@ def ddpm_sample(
         variance: sigma_t^2 of the reverse step: "beta" (beta_t, the authors' choice for CIFAR-10)
             or "beta_tilde" (the posterior variance, DDPM eq. 7); DDPM sec. 3.2 finds both similar.
         clip_denoised: clip the predicted x0 to [-1, 1] (data range) before the posterior mean.
-        generator: source of all noise; same seed -> same samples.
+        generator: source of all noise (one, or one per sample); same seed -> same samples.
         device: where to run; default ``betas``' device.
         progress: show a tqdm progress bar.
 
@@ -108,7 +100,7 @@ def ddpm_sample(
     step_variance = sched["betas"] if variance == "beta" else sched["posterior_variance"]  # (T,)
 
     # Algorithm 2, line 1: x_T ~ N(0, I)
-    x = _randn(shape, generator, device)  # (B, C, H, W)
+    x = randn(shape, generator, device)  # (B, C, H, W)
     steps = reversed(range(num_timesteps))
     for i in tqdm(steps, total=num_timesteps, desc=f"DDPM {num_timesteps} steps", disable=not progress):
         model_out = _call_model(model_fn, x, i)  # (B, C, H, W)
@@ -124,7 +116,7 @@ def ddpm_sample(
             x = mean
         else:
             # Algorithm 2, line 4: x_{t-1} = mu + sigma_t z, z ~ N(0, I)
-            z = _randn(shape, generator, device)  # (B, C, H, W)
+            z = randn(shape, generator, device)  # (B, C, H, W)
             x = mean + math.sqrt(float(step_variance[i])) * z
     return x
 
@@ -170,7 +162,7 @@ def ddim_sample(
     skip: Literal["uniform", "quadratic"] = "uniform",
     prediction: Prediction = "eps",
     clip_denoised: bool = True,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     device: Optional[torch.device] = None,
     progress: bool = False,
 ) -> Tensor:
@@ -185,7 +177,7 @@ def ddim_sample(
         skip: "uniform" or "quadratic" choice of the visited steps.
         prediction: what ``model_fn`` predicts: "eps", "x0" or "v".
         clip_denoised: clip the predicted x0 to [-1, 1] and recompute eps from the clipped x0.
-        generator: source of all noise; same seed -> same samples.
+        generator: source of all noise (one, or one per sample); same seed -> same samples.
         device: where to run; default ``alpha_bar``'s device.
         progress: show a tqdm progress bar.
 
@@ -203,7 +195,7 @@ def ddim_sample(
     num_steps = len(timesteps)
 
     # x_T ~ N(0, I)
-    x = _randn(shape, generator, device)  # (B, C, H, W)
+    x = randn(shape, generator, device)  # (B, C, H, W)
     pairs = zip(reversed(timesteps), reversed(prev_timesteps), strict=True)
     for i, j in tqdm(pairs, total=num_steps, desc=f"DDIM {num_steps} steps", disable=not progress):
         alpha_bar_t = float(ab[i])
@@ -227,5 +219,5 @@ def ddim_sample(
         direction = math.sqrt(max(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps
         x = math.sqrt(alpha_bar_prev) * x0 + direction
         if sigma > 0.0:
-            x = x + sigma * _randn(shape, generator, device)  # (B, C, H, W)
+            x = x + sigma * randn(shape, generator, device)  # (B, C, H, W)
     return x

@@ -5,9 +5,9 @@ al. 2017 (WGAN), Gulrajani et al. 2017 (WGAN-GP: gradient penalty, n_critic, lin
 Miyato et al. 2018 (SNGAN: hinge loss, n_dis), Mescheder et al. 2018 (R1), Miyato & Koyama 2018
 (projection discriminator for class-conditional GANs).
 
-The losses and penalties live in ``losses.py``; both networks are injected (``generator``:
-``(z (B, Z), y (B,) or None) -> (B, C, H, W)`` in [-1, 1]; ``discriminator``: ``(x, y) -> (B,)``
-logits). This file schedules the two players.
+The losses and penalties live in ``losses.py``; both networks are injected (``net_g``, the
+generator: ``(z (B, Z), y (B,) or None) -> (B, C, H, W)`` in [-1, 1]; ``net_d``, the discriminator:
+``(x, y) -> (B,)`` logits). This file schedules the two players.
 
 Schedule (the reference code: WGAN-GP's gan_cifar_resnet.py, SNGAN's updater, Mimicry): every
 ``training_step`` takes one batch and makes one discriminator step on it; after every
@@ -18,11 +18,13 @@ Counting. Under manual optimisation Lightning's ``trainer.global_step`` counts e
 ``optimizer.step()`` of *both* players: after d discriminator steps it is d + d // n_critic. Hence
 ``trainer.max_steps`` = discriminator + generator steps: 100k generator steps at n_critic = 5 is
 ``max_steps: 600000``; DCGAN's 1:1 schedule doubles it. The module's own counters ``d_steps`` and
-``g_steps`` are saved in checkpoints. Each player's LR scheduler steps only when that player steps:
+``g_steps`` count real optimiser steps only (a step the ``16-mixed`` gradient scaler skips for
+inf/NaN gradients counts for nothing: no n_critic progress, no LR scheduler step) and are saved in
+checkpoints. Each player's LR scheduler steps only when that player steps:
 the generator's decays over ``decay_steps`` generator steps, the discriminator's over
 ``decay_steps * n_critic`` discriminator steps, so both reach zero together, as in the reference
 code (which decays both per generator iteration, i.e. in a staircase). The EMA callback counts
-generator optimiser steps (``ema_target = "generator"``).
+generator optimiser steps (``ema_target = "net_g"``).
 
 Mixed precision. Gradient clipping happens in ``on_before_optimizer_step``: Lightning 2.6 unscales
 ``16-mixed`` gradients inside ``opt.step()`` just before that hook, so clipping earlier in
@@ -34,13 +36,12 @@ DDP only accepts with ``--trainer.strategy ddp_find_unused_parameters_true`` (Li
 ``seed_everything``) would draw identical noise, so every rank draws the noise of the whole world
 batch and keeps its own slice: the noise is distinct per rank and the RNG streams stay in step.
 
-Validation (``val/loss``): the sliced Wasserstein distance, in pixel space, between held-out real
-images and as many generated from fixed noise (``eval_z``), over fixed random unit directions. It
-is independent of the discriminator (whose loss rises and falls with the game, and would make a
-checkpoint monitor prefer a strong discriminator, i.e. a weak generator), comparable across
-checkpoints, and cheap; lower is better. It is a coarse proxy: prefer an FID from the evaluation
-callback as the checkpoint monitor when one is configured. The discriminator loss on the same pairs
-is logged as ``val/d_loss`` (a gap to ``train/d_loss`` means the discriminator overfits).
+Validation (``val/loss``): the sliced Wasserstein distance (``metrics/sliced_wasserstein.py``), in
+pixel space, between held-out real images and as many generated from fixed noise (``eval_z``). It
+is independent of the discriminator, so a checkpoint monitor does not prefer a strong
+discriminator (a weak generator); lower is better; prefer an FID from the evaluation callback when
+one is configured. The discriminator loss on the same pairs is logged as ``val/d_loss`` (a gap to
+``train/d_loss`` means the discriminator overfits).
 
 Shape legend: B batch, C/H/W image, Z latent_dim, K slicing directions, E fixed noise vectors.
 """
@@ -52,15 +53,17 @@ from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
+from lit_genai import paradigm
 from lit_genai.errors import ConfigError
 from lit_genai.gan import losses
+from lit_genai.gan.checks import check_nets, check_settings
 from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.metrics.sliced_wasserstein import random_directions, sliced_wasserstein
 
 EVAL_NOISE = 1024  # E: fixed noise vectors, reused cyclically by the validation batches
 NUM_DIRECTIONS = 128  # K: projections of the sliced Wasserstein distance
@@ -70,10 +73,10 @@ class GAN(LightningModule):
     """Generative adversarial network (unconditional or class-conditional) trained by alternating steps.
 
     Args:
-        generator: Maps ``(z (B, latent_dim), y (B,) or None) -> (B, C, H, W)`` in [-1, 1], e.g.
-            ``lit_genai.nn.dcgan.DCGANGenerator``; needs attributes ``latent_dim``, and for the shape
-            checks ``out_channels``, ``image_size``, ``num_classes``.
-        discriminator: Maps ``(x (B, C, H, W), y (B,) or None) -> (B,)`` logits, e.g.
+        net_g: The generator, mapping ``(z (B, latent_dim), y (B,) or None) -> (B, C, H, W)`` in
+            [-1, 1], e.g. ``lit_genai.nn.dcgan.DCGANGenerator``; needs attributes ``latent_dim``, and
+            for the shape checks ``out_channels``, ``image_size``, ``num_classes``.
+        net_d: The discriminator, mapping ``(x (B, C, H, W), y (B,) or None) -> (B,)`` logits, e.g.
             ``lit_genai.nn.dcgan.DCGANDiscriminator``; attributes ``in_channels``, ``image_size``,
             ``num_classes`` are checked against the data.
         sample_shape: (C, H, W) of one image; linked from the data module.
@@ -98,17 +101,20 @@ class GAN(LightningModule):
             when resuming with a longer run, or the decay horizon moves.
         clip_norm_g: Clip the generator's gradient norm to this value (None = no clipping).
         clip_norm_d: Clip the discriminator's gradient norm to this value (None = no clipping).
-        seed: Seed of the fixed evaluation noise and base seed of ``predict``: sample i of a batch
-            starting at index k uses seed + k.
+        seed: Seed of the fixed evaluation noise and base seed of ``predict``: sample i uses the
+            generator seed + i (``paradigm.predict_step``).
     """
 
     modality = "image"
-    ema_target = "generator"  # the discriminator is never averaged
+    ema_target = "net_g"  # the discriminator is never averaged
+    sampling_options: tuple[str, ...] = ()  # one forward pass: nothing to choose at sampling time
+    sampling_settings = paradigm.sampling_settings
+    predict_step = paradigm.predict_step
 
     def __init__(
         self,
-        generator: nn.Module,
-        discriminator: nn.Module,
+        net_g: nn.Module,
+        net_d: nn.Module,
         sample_shape: Sequence[int] = (3, 32, 32),
         num_classes: int = 0,
         loss: losses.Loss = "non_saturating",
@@ -125,25 +131,27 @@ class GAN(LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        save_plain_hyperparameters(self, objects=("generator", "discriminator", "optimizer_g", "optimizer_d"))
-        self.generator, self.discriminator = generator, discriminator
+        save_plain_hyperparameters(self, objects=("net_g", "net_d", "optimizer_g", "optimizer_d"))
+        self.net_g, self.net_d = net_g, net_d
         self.sample_shape = tuple(int(s) for s in sample_shape)
-        self.num_classes = getattr(generator, "num_classes", 0)  # the classes the model uses
+        self.num_classes = getattr(net_g, "num_classes", 0)  # the classes the model uses
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
-        _check_settings(loss, gradient_penalty, r1_gamma, n_critic, decay_steps, discriminator)
-        _check_nets(generator, discriminator, self.sample_shape, num_classes)
-        self.latent_dim = int(generator.latent_dim)
-        self.d_steps = 0  # discriminator steps so far (saved in checkpoints)
-        self.g_steps = 0  # generator steps so far
+        check_settings(loss, gradient_penalty, r1_gamma, n_critic, decay_steps, net_d)
+        check_nets(net_g, net_d, self.sample_shape, num_classes)
+        self.latent_dim = int(net_g.latent_dim)
+        self.d_steps = 0  # real discriminator optimiser steps so far (saved in checkpoints)
+        self.g_steps = 0  # real generator optimiser steps so far
+        self._stepped = {"g": False, "d": False}  # set by the optimisers' step hooks (on_fit_start)
+        self._hooks: list[Any] = []
         rng = torch.Generator().manual_seed(seed)
         eval_z = torch.randn(EVAL_NOISE, self.latent_dim, generator=rng)  # (E, Z)
         self.register_buffer("eval_z", eval_z, persistent=False)
-        directions = torch.randn(math.prod(self.sample_shape), NUM_DIRECTIONS, generator=rng)
-        self.register_buffer("eval_directions", F.normalize(directions, dim=0), persistent=False)  # (CHW, K)
+        directions = random_directions(math.prod(self.sample_shape), NUM_DIRECTIONS, rng)  # (CHW, K)
+        self.register_buffer("eval_directions", directions, persistent=False)
 
     def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """(B, Z) noise and (B,) labels (conditional models) -> (B, C, H, W) images."""
-        return self.generator(z, y if self.num_classes > 0 else None)
+        return self.net_g(z, y if self.num_classes > 0 else None)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch  # (B, C, H, W) in [-1, 1], (B,)
@@ -155,12 +163,12 @@ class GAN(LightningModule):
         # Discriminator step on this batch (Gulrajani et al. 2017, Algorithm 1, lines 2-9).
         with self.toggled_optimizer(opt_d):
             z, y_fake = self._noise(B)
-            fake = self.generator(z, y_fake).detach()  # (B, C, H, W); the toggle froze G anyway
-            real_logits, fake_logits = self.discriminator(x, y), self.discriminator(fake, y_fake)  # (B,) each
+            fake = self.net_g(z, y_fake).detach()  # (B, C, H, W); the toggle froze G anyway
+            real_logits, fake_logits = self.net_d(x, y), self.net_d(fake, y_fake)  # (B,) each
             d_loss = losses.discriminator_loss(kind, real_logits, fake_logits)["loss"].mean()
             loss = d_loss
             # The penalties score interpolates and reals with the real labels.
-            critic = lambda h: self.discriminator(h, y)
+            critic = lambda h: self.net_d(h, y)
             if self.hparams.gradient_penalty > 0:
                 gp = losses.gradient_penalty(critic, x, fake, scale=self._loss_scale()).mean()
                 loss = loss + self.hparams.gradient_penalty * gp
@@ -172,27 +180,26 @@ class GAN(LightningModule):
             opt_d.zero_grad()
             self.manual_backward(loss)
             opt_d.step()  # gradients are clipped in on_before_optimizer_step
-        self.d_steps += 1
-        if sched_d is not None:
-            sched_d.step()
         self.log("train/d_loss", d_loss, prog_bar=True)
         self.log("train/d_real", real_logits.detach().float().mean())
         self.log("train/d_fake", fake_logits.detach().float().mean())
+        if not self._took_step("d", sched_d):  # skipped by the AMP scaler: no progress towards G's step
+            return
+        self.d_steps += 1
 
         if self.d_steps % self.hparams.n_critic != 0:
             return
         # Generator step on fresh noise (Algorithm 1, lines 11-12); the toggle keeps D's gradients out.
         with self.toggled_optimizer(opt_g):
             z, y_fake = self._noise(B)
-            fake_logits = self.discriminator(self.generator(z, y_fake), y_fake)  # (B,)
+            fake_logits = self.net_d(self.net_g(z, y_fake), y_fake)  # (B,)
             g_loss = losses.generator_loss(kind, fake_logits).mean()
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()
-        self.g_steps += 1
-        if sched_g is not None:
-            sched_g.step()
         self.log("train/g_loss", g_loss, prog_bar=True)
+        if self._took_step("g", sched_g):
+            self.g_steps += 1
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside opt.step(), after Lightning unscaled 16-mixed gradients: the place to clip.
@@ -200,6 +207,19 @@ class GAN(LightningModule):
         clip = self.hparams.clip_norm_g if is_generator else self.hparams.clip_norm_d
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def on_fit_start(self) -> None:
+        # An optimiser's step post hook runs only when its step really happens: the 16-mixed
+        # GradScaler skips optimizer.step() on inf/NaN gradients, so these flags tell real steps.
+        for key, optimizer in zip("gd", self.trainer.optimizers, strict=True):
+            self._hooks.append(
+                optimizer.register_step_post_hook(lambda *_, k=key: self._stepped.update({k: True}))
+            )
+
+    def on_fit_end(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -224,15 +244,9 @@ class GAN(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
 
-    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        """(B,) sample indices -> (B, C, H, W) samples in [-1, 1]; index k's label is k % num_classes."""
-        generator = torch.Generator().manual_seed(self.hparams.seed + int(batch[0]))
-        cond = batch.to(self.device) % self.num_classes if self.num_classes > 0 else None
-        return self.sample(batch.shape[0], cond=cond, generator=generator)
-
     def configure_optimizers(self):
-        opt_g = self.optimizer_g(self.generator.parameters())
-        opt_d = self.optimizer_d(self.discriminator.parameters())
+        opt_g = self.optimizer_g(self.net_g.parameters())
+        opt_d = self.optimizer_d(self.net_d.parameters())
         if self.hparams.lr_decay == "none":
             return [opt_g, opt_d]
         g_total = self.hparams.decay_steps or self._default_decay_steps()
@@ -247,36 +261,39 @@ class GAN(LightningModule):
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, cond: Optional[Tensor] = None, generator: Optional[torch.Generator] = None
+        self, n: int, *, cond: Optional[Tensor] = None, generator: paradigm.Generators = None
     ) -> Tensor:
         """Draw ``n`` images, (n, C, H, W) in [-1, 1], with the generator in eval mode.
 
         ``cond`` (n,) class labels for a class-conditional model (None: labels drawn uniformly).
-        The same ``generator`` seed gives the same images.
+        The same ``generator`` seed gives the same images; ``generator`` may be one per sample.
         """
-        device = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device).to(self.device)  # (n, Z)
+        z = paradigm.randn((n, self.latent_dim), generator, self.device)  # (n, Z)
         y = None
         if self.num_classes > 0:
-            if cond is None:
-                cond = torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
-            y = cond.to(self.device)  # (n,)
-        was_training = self.generator.training
-        self.generator.eval()  # batch-norm running statistics, not the statistics of this batch
-        try:
-            x = self.generator(z, y)  # (n, C, H, W)
-        finally:
-            self.generator.train(was_training)
+            y = cond if cond is not None else paradigm.randint(self.num_classes, n, generator, self.device)
+            y = y.to(self.device)  # (n,)
+        with paradigm.eval_mode(self.net_g):  # batch-norm running statistics, not this batch's
+            x = self.net_g(z, y)  # (n, C, H, W)
         return x.clamp(-1, 1)
 
     def _noise(self, n: int) -> tuple[Tensor, Optional[Tensor]]:
         """Fresh z (n, Z) and uniform labels (n,) or None: this rank's slice of a world-sized draw."""
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        rows = slice(rank * n, (rank + 1) * n)
-        z = torch.randn(world * n, self.latent_dim, device=self.device)[rows]  # (n, Z)
+        z = paradigm.this_rank(lambda m: torch.randn(m, self.latent_dim, device=self.device), n, self.trainer)
         if self.num_classes == 0:
             return z, None
-        return z, torch.randint(0, self.num_classes, (world * n,), device=self.device)[rows]  # (n,)
+        labels = paradigm.this_rank(
+            lambda m: torch.randint(0, self.num_classes, (m,), device=self.device), n, self.trainer
+        )
+        return z, labels  # (n, Z), (n,)
+
+    def _took_step(self, player: Literal["g", "d"], scheduler: Any) -> bool:
+        """Whether ``player``'s last ``opt.step()`` really stepped; if so, step its LR scheduler too."""
+        stepped = self._stepped[player] or not self._hooks  # no hooks (outside fit): assume it did
+        self._stepped[player] = False
+        if stepped and scheduler is not None:
+            scheduler.step()
+        return stepped
 
     def _loss_scale(self) -> float:
         """The AMP scaler's scale under 16-mixed (the penalties differentiate scaled outputs), else 1."""
@@ -290,11 +307,9 @@ class GAN(LightningModule):
         B = x.shape[0]
         first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * B
         rows = torch.arange(first, first + B, device=self.device) % self.eval_z.shape[0]  # (B,)
-        fake = self.generator(self.eval_z[rows], y)  # (B, C, H, W)
+        fake = self.net_g(self.eval_z[rows], y)  # (B, C, H, W)
         swd = sliced_wasserstein(x, fake, self.eval_directions)
-        terms = losses.discriminator_loss(
-            self.hparams.loss, self.discriminator(x, y), self.discriminator(fake, y)
-        )
+        terms = losses.discriminator_loss(self.hparams.loss, self.net_d(x, y), self.net_d(fake, y))
         self.log(f"{stage}/loss", swd, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/d_loss", terms["loss"].mean(), sync_dist=True)
 
@@ -308,77 +323,3 @@ class GAN(LightningModule):
                 "model.lr_decay=linear needs model.decay_steps or a finite trainer.max_steps / max_epochs"
             )
         return max(1, int(batches) // n)
-
-
-def sliced_wasserstein(real: Tensor, fake: Tensor, directions: Tensor) -> Tensor:
-    """Sliced Wasserstein-1 distance between two image batches (Rabin et al. 2011; Karras et al. 2018
-    use it on Laplacian-pyramid patches): the mean over unit ``directions`` (D, K) of the 1-D
-    Wasserstein-1 distance between the projections, which for equal batch sizes is the mean absolute
-    difference of the sorted projections. real, fake: (B, C, H, W) -> scalar."""
-    proj_real = (real.flatten(1).float() @ directions).sort(dim=0).values  # (B, K)
-    proj_fake = (fake.flatten(1).float() @ directions).sort(dim=0).values  # (B, K)
-    return (proj_real - proj_fake).abs().mean()
-
-
-def _check_settings(
-    loss: str,
-    gradient_penalty: float,
-    r1_gamma: float,
-    n_critic: int,
-    decay_steps: Optional[int],
-    D: nn.Module,
-) -> None:
-    losses.check_loss(loss)
-    if n_critic < 1:
-        raise ConfigError(
-            f"model.n_critic={n_critic}: the discriminator needs at least 1 step per generator step"
-        )
-    if gradient_penalty < 0 or r1_gamma < 0:
-        raise ConfigError(
-            f"model.gradient_penalty={gradient_penalty} and model.r1_gamma={r1_gamma} must be >= 0"
-        )
-    if decay_steps is not None and decay_steps < 1:
-        raise ConfigError(f"model.decay_steps={decay_steps} must be a positive number of generator steps")
-    if (gradient_penalty > 0 or r1_gamma > 0) and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules()
-    ):
-        raise ConfigError(
-            "model.gradient_penalty / model.r1_gamma are per-example penalties, but the discriminator uses "
-            "batch norm (Gulrajani et al. 2017, sec. 4): set model.discriminator.init_args.batch_norm: false"
-        )
-
-
-def _check_nets(G: nn.Module, D: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:
-    """Catch networks that do not fit the data or each other before the first step (DESIGN.md contract 1)."""
-    if len(sample_shape) != 3:
-        raise ConfigError(f"GAN needs image data (C, H, W); the data's sample_shape is {list(sample_shape)}")
-    if not hasattr(G, "latent_dim"):
-        raise ConfigError(
-            f"model.generator ({type(G).__name__}) needs a latent_dim attribute (the size of z)"
-        )
-    C, H, W = sample_shape
-    for name, net, attr in (("generator", G, "out_channels"), ("discriminator", D, "in_channels")):
-        channels = getattr(net, attr, None)
-        if channels is not None and channels != C:
-            raise ConfigError(
-                f"model.{name}.{attr}={channels} but the data's sample_shape={list(sample_shape)} has "
-                f"{C} channel(s): set model.{name}.init_args.{attr}: {C}"
-            )
-        size = getattr(net, "image_size", None)
-        if size is not None and (size, size) != (H, W):
-            raise ConfigError(
-                f"model.{name}.image_size={size} but the data's images are {H}x{W}: set "
-                f"model.{name}.init_args.image_size: {H}" + ("" if H == W else " and make the data square")
-            )
-        classes = getattr(net, "num_classes", 0)
-        if classes > 0 and classes != num_classes:
-            raise ConfigError(
-                f"model.{name}.num_classes={classes} but the data has num_classes={num_classes}: set "
-                f"model.{name}.init_args.num_classes: {num_classes}"
-            )
-    g_classes, d_classes = getattr(G, "num_classes", 0), getattr(D, "num_classes", 0)
-    if (g_classes > 0) != (d_classes > 0):
-        raise ConfigError(
-            f"model.generator.num_classes={g_classes} but model.discriminator.num_classes={d_classes}: a "
-            f"class-conditional GAN needs labels in both networks (set both to {num_classes}, or both to 0)"
-        )

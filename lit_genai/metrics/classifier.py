@@ -17,7 +17,7 @@ Two uses in the evaluation protocol:
 state dict shipped in ``lit_genai/metrics/weights/``.
 
 Shape legend: B batch, C channels, H/W spatial, D feature width (``feature_dim``), K classes.
-Images are float in [-1, 1] (DESIGN.md contract 2); uint8 images in [0, 255] are accepted by
+Images are float in [-1, 1] (docs/architecture.md, "Batches"); uint8 images in [0, 255] are accepted by
 ``train_classifier`` and ``accuracy`` and mapped to [-1, 1] first.
 """
 
@@ -39,6 +39,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
 from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.paradigm import check_net, eval_mode
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -148,7 +149,9 @@ class Classifier(LightningModule):
         self.num_classes = num_classes
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.max_shift = max_shift
-        _check_net(net, self.sample_shape, num_classes)
+        check_net(
+            net, "model.net", sample_shape=self.sample_shape, num_classes=num_classes, classes="required"
+        )
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -183,22 +186,6 @@ class Classifier(LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-
-
-def _check_net(net: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:
-    """Catch a network that does not fit the data before the first step (DESIGN.md contract 1)."""
-    channels = getattr(net, "in_channels", None)
-    if channels is not None and channels != sample_shape[0]:
-        raise ConfigError(
-            f"model.net.in_channels={channels} but the data's sample_shape={list(sample_shape)} has "
-            f"{sample_shape[0]} channel(s): set model.net.init_args.in_channels: {sample_shape[0]}"
-        )
-    net_classes = getattr(net, "num_classes", None)
-    if net_classes is not None and net_classes != num_classes:
-        raise ConfigError(
-            f"model.net.num_classes={net_classes} but the data has num_classes={num_classes}: set "
-            f"model.net.init_args.num_classes: {num_classes}"
-        )
 
 
 def random_shift(x: Tensor, max_shift: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -273,15 +260,11 @@ def accuracy(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> flo
 
     The test half of the Classification Accuracy Score: ``x`` are real held-out images.
     """
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         correct = sum(
             (net(_as_float_images(xb)).argmax(-1) == yb.to(xb.device)).sum().item()
             for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
         )
-    finally:
-        net.train(was_training)
     return correct / max(len(y), 1)
 
 

@@ -12,7 +12,7 @@
 Every extractor takes uint8 images (B, C, H, W) in [0, 255]: the protocol quantises generated
 images as real ones are stored (``lit_genai.callbacks.samples.to_uint8``), and each extractor maps
 them to its own input range. ``name`` goes into metric keys (``val/fid_<name>``) because numbers
-from different extractors are not comparable (DESIGN.md contract 4).
+from different extractors are not comparable (docs/architecture.md, "Metric names").
 
 Shape legend: B batch, C channels, H/W spatial, D features (``num_features``), K logits
 (``num_classes``).

@@ -1,0 +1,207 @@
+"""The contract every generative LightningModule keeps, and the few helpers they share.
+
+``docs/architecture.md`` ("Generative modules") states the contract for users. In short, a
+paradigm's module (``Diffusion``, ``GAN``, ...) has
+
+- ``sample(n, *, cond=None, generator=None, **options) -> Tensor``: ``n`` samples in data space
+  (images in [-1, 1] (n, C, H, W), token ids (n, T), waveforms (n, T)); ``cond`` (n,) class labels
+  of a class-conditional model; ``generator`` one ``torch.Generator`` for the whole batch or one per
+  sample (``sample_generators``), so that the same seeds give the same samples;
+- ``modality``: ``"image"``, ``"text"`` or ``"audio"``, which media route its samples take;
+- ``ema_target``: the name of the submodule the EMA callback averages (``None``: the whole module);
+- ``num_classes``: the classes the model uses (0 = unconditional);
+- ``sampling_options``: the names of its inference-time settings (sampler, steps, guidance, ...).
+  They are kept out of checkpoint hyperparameters, so that ``predict`` and ``test`` take them from
+  the command line (LightningCLI lets a checkpoint's hyperparameters override the command line),
+  and ``sampling_settings()`` returns their current values for the evaluation protocol.
+
+Callbacks read only this contract. There is no base class (a paradigm is a plain
+``LightningModule``); the shared pieces are functions: assign ``predict_step`` and
+``sampling_settings`` as methods, use ``eval_mode`` around sampling and ``check_net`` in ``__init__``.
+
+Shape legend: B batch (n samples), C/H/W image, T time or tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, Optional, Protocol, Union, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from lit_genai.errors import ConfigError
+
+Modality = Literal["image", "text", "audio"]
+MODALITIES: tuple[Modality, ...] = ("image", "text", "audio")
+
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+"""One generator for a whole batch, one per sample (row i draws from ``generator[i]``), or None."""
+
+
+@runtime_checkable
+class GenerativeModule(Protocol):
+    """What callbacks, ``predict`` and the metrics may rely on (see the module docstring)."""
+
+    modality: Modality
+    ema_target: Optional[str]
+    num_classes: int
+    sampling_options: tuple[str, ...]
+
+    def sample(
+        self, n: int, *, cond: Optional[Tensor] = None, generator: Generators = None, **options: Any
+    ) -> Tensor: ...
+
+    def sampling_settings(self) -> dict[str, Any]: ...
+
+
+def is_generative(module: Any) -> bool:
+    """Whether ``module`` keeps the contract (has ``sample`` and a known ``modality``)."""
+    return callable(getattr(module, "sample", None)) and getattr(module, "modality", None) in MODALITIES
+
+
+# ---------------------------------------------------------------------- shared methods
+
+
+def sampling_settings(self: Any) -> dict[str, Any]:
+    """The current values of ``self.sampling_options``: ``{name: value}``, for the evaluation protocol.
+
+    Assign as a method: ``sampling_settings = paradigm.sampling_settings``.
+    """
+    return {name: getattr(self, name) for name in self.sampling_options}
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample: sample ``i`` draws from ``manual_seed(seed + i)``.
+
+    Sample i then depends on (seed, i) only, not on the batch it is drawn in, the batch size or the
+    number of devices; the noise is drawn on the CPU and moved, so it is the same on every device.
+    """
+    return [torch.Generator().manual_seed(int(seed) + int(i)) for i in indices]
+
+
+def predict_step(self: Any, batch: Tensor, batch_idx: int = 0, dataloader_idx: int = 0) -> Tensor:
+    """``predict``: (B,) int64 sample indices -> B samples from ``self.sample``.
+
+    Sample i uses the generator ``seed + i`` (``self.hparams.seed``) and, for a class-conditional
+    model, the label ``i % num_classes``, so that a file named after its index can be redrawn alone.
+    Assign as a method: ``predict_step = paradigm.predict_step``.
+    """
+    indices = batch.tolist()
+    generators = sample_generators(self.hparams.get("seed", 0), indices)
+    num_classes = getattr(self, "num_classes", 0)
+    cond = batch.to(self.device) % num_classes if num_classes > 0 else None
+    return self.sample(len(indices), cond=cond, generator=generators)
+
+
+# ---------------------------------------------------------------------- helpers for sample()
+
+
+@contextmanager
+def eval_mode(*nets: nn.Module) -> Iterator[None]:
+    """Put ``nets`` in eval mode (batch-norm running statistics, no dropout) and restore each one's
+    previous mode afterwards, also when sampling raises."""
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes, strict=True):
+            net.train(mode)
+
+
+def _per_sample(generator: Generators, n: int) -> Optional[list[torch.Generator]]:
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    generators = list(generator)
+    if len(generators) != n:
+        raise ValueError(f"got {len(generators)} generators for a batch of {n} samples: give one per sample")
+    return generators
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
+    """Standard normal noise of ``shape`` (B, ...) on ``device``.
+
+    Drawn on the generator's device and moved, so a CPU generator gives the same noise on any device.
+    With one generator per sample, row i is drawn from ``generator[i]`` alone.
+    """
+    shape = tuple(int(s) for s in shape)
+    generators = _per_sample(generator, shape[0])
+    if generators is not None:
+        rows = [torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in generators]
+        return torch.stack(rows) if rows else torch.zeros(shape, device=device)  # (B, ...)
+    noise_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=noise_device).to(device)
+
+
+def randint(high: int, n: int, generator: Generators, device: torch.device) -> Tensor:
+    """(n,) int64 uniform in [0, high), row i from ``generator[i]`` when there is one per sample."""
+    generators = _per_sample(generator, n)
+    if generators is not None:
+        values = [int(torch.randint(0, high, (1,), generator=g, device=g.device)) for g in generators]
+        return torch.tensor(values, dtype=torch.long, device=device)
+    noise_device = generator.device if generator is not None else device
+    return torch.randint(0, high, (n,), generator=generator, device=noise_device).to(device)
+
+
+def this_rank(draw: Callable[[int], Tensor], n: int, trainer: Any = None) -> Tensor:
+    """This rank's ``n`` rows of one draw for the whole world: ``draw(world_size * n)[rank slice]``.
+
+    Under DDP every rank is seeded alike, so plain draws (noise, timesteps, dropout masks, flips)
+    would repeat on every rank and W ranks would see B, not W·B, independent draws. Drawing the world's
+    values and keeping a slice makes them distinct per rank while the RNG streams stay in step (so a
+    checkpoint's RNG state means the same on every rank). Without a trainer: ``draw(n)``.
+    """
+    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world <= 1:
+        return draw(n)
+    rank = trainer.global_rank
+    return draw(world * n)[rank * n : (rank + 1) * n]
+
+
+# ---------------------------------------------------------------------- network versus data
+
+
+def check_net(
+    net: nn.Module,
+    name: str,
+    *,
+    sample_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    channels_attr: str = "in_channels",
+    classes: Literal["optional", "required"] = "optional",
+) -> None:
+    """Raise one ``ConfigError`` line when a network does not fit the data, before the first step.
+
+    The network's attributes (where it has them) are compared with what the data module gave:
+    ``<channels_attr>`` with the channels of ``sample_shape``, ``image_size`` with its height and
+    width, ``vocab_size``, and ``num_classes``. With ``classes="optional"`` a network with
+    ``num_classes=0`` is an unconditional model of labelled data; ``"required"`` (a classifier)
+    needs the data's classes exactly. ``name`` is the config key of the network, e.g. ``model.net``.
+    """
+
+    def mismatch(attr: str, value: Any, data_text: str, fix: Any) -> ConfigError:
+        return ConfigError(f"{name}.{attr}={value} but {data_text}: set {name}.init_args.{attr}: {fix}")
+
+    if sample_shape is not None and len(sample_shape) == 3:
+        C, H, W = (int(s) for s in sample_shape)
+        channels = getattr(net, channels_attr, None)
+        if channels is not None and channels != C:
+            raise mismatch(
+                channels_attr, channels, f"the data's sample_shape={[C, H, W]} has {C} channel(s)", C
+            )
+        size = getattr(net, "image_size", None)
+        if size is not None and (size, size) != (H, W):
+            square = "" if H == W else " and make the data square"
+            raise mismatch("image_size", size, f"the data's images are {H}x{W}", f"{H}{square}")
+    net_vocab = getattr(net, "vocab_size", None)
+    if vocab_size is not None and net_vocab is not None and net_vocab != vocab_size:
+        raise mismatch("vocab_size", net_vocab, f"the data has vocab_size={vocab_size}", vocab_size)
+    net_classes = getattr(net, "num_classes", None)
+    if num_classes is not None and net_classes is not None:
+        wrong = net_classes != num_classes if classes == "required" else 0 < net_classes != num_classes
+        if wrong:
+            raise mismatch("num_classes", net_classes, f"the data has num_classes={num_classes}", num_classes)
