@@ -1,15 +1,16 @@
 """Media out of a model: sample grids during training, sample files from ``predict``.
 
-Modules never log media themselves (DESIGN.md contracts 3 and 7): they expose
-``sample(n, cond=..., generator=...)`` and these callbacks route the result to the configured
-logger (W&B image, TensorBoard image) and to PNG files in the run folder.
+Modules never log media themselves (``docs/architecture.md``, "Generative modules" and "Media"):
+they keep the contract of ``lit_genai.paradigm`` (``sample``, ``modality``, ``num_classes``), the
+data module's ``decode`` turns samples into their medium, and these callbacks send the medium down
+its route in ``lit_genai.callbacks.media``: images, text or audio to the configured loggers (W&B,
+TensorBoard) and to files in the run folder.
 
-Shape legend: B batch, C channels, H/W spatial.
+Shape legend: B batch, C channels, H/W spatial, T time or tokens.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -17,40 +18,16 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
-from lit_genai.data.images import to_uint8
+from lit_genai import paradigm
+from lit_genai.callbacks import media
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The experiment's folder: ``trainer.default_root_dir`` (set per experiment by the CLI)."""
     return Path(trainer.default_root_dir)
-
-
-def image_grid(images: Tensor, nrow: Optional[int] = None) -> Tensor:
-    """(B, C, H, W) in [-1, 1] -> (3, H', W') uint8 grid, ``nrow`` images per row (default: square)."""
-    nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    grid = make_grid(
-        images.float().cpu().clamp(-1, 1), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
-    )
-    return (grid * 255).round().to(torch.uint8)  # (3, H', W')
-
-
-def log_image(trainer: pl.Trainer, key: str, grid: Tensor, caption: Optional[str] = None) -> None:
-    """Send a (3, H, W) uint8 image to every logger that can show images."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(
-                key=key,
-                images=[grid.permute(1, 2, 0).numpy()],
-                step=trainer.global_step,
-                caption=[caption or key],
-            )
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, grid, global_step=trainer.global_step)
 
 
 def class_labels(n: int, num_classes: int, device: torch.device) -> Optional[Tensor]:
@@ -59,15 +36,18 @@ def class_labels(n: int, num_classes: int, device: torch.device) -> Optional[Ten
 
 
 class SampleLogger(Callback):
-    """Log a grid of samples from fixed seeds every ``every_n_epochs`` validation epochs.
+    """Log samples from fixed seeds every ``every_n_epochs`` validation epochs.
 
-    The grid is drawn with the same generator seed each time, so successive grids show the same
-    noise turning into better images. It is drawn inside validation, under EMA weights when the EMA
-    callback is on. Files land in ``<run folder>/samples/epoch=NNNN-step=NNNNNN.png``.
+    The samples are drawn with the same generator seed each time, so successive draws show the same
+    noise turning into better samples. They are drawn inside validation, under EMA weights when the
+    EMA callback is on, and go to the loggers and to ``<run folder>/samples/``, by modality:
+    images as one grid ``epoch=NNNN-step=NNNNNN.png``, text as one listing
+    ``epoch=NNNN-step=NNNNNN.txt``, audio as a folder ``epoch=NNNN-step=NNNNNN/`` with a WAV and a
+    spectrogram PNG per clip.
 
     Args:
-        every_n_epochs: Draw a grid after every n-th validation epoch (0 turns it off).
-        num_samples: Images per grid. For class-conditional models the labels cycle through the
+        every_n_epochs: Draw samples after every n-th validation epoch (0 turns it off).
+        num_samples: Samples per draw. For class-conditional models the labels cycle through the
             classes, so a multiple of the number of classes gives one class per column.
         seed: Seed of the generator the samples are drawn with.
         nrow: Images per grid row (default: the number of classes, or a square grid).
@@ -83,35 +63,37 @@ class SampleLogger(Callback):
         self.last_path: Optional[Path] = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or not hasattr(pl_module, "sample"):
+        if trainer.sanity_checking or self.every_n_epochs <= 0 or not paradigm.is_generative(pl_module):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_validation(trainer):
             self._draw(trainer, pl_module)
 
     @rank_zero_only
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(pl_module, "modality", "image") != "image":
-            return  # audio and text routes arrive with those paradigms
         generator = torch.Generator().manual_seed(self.seed)
         num_classes = getattr(pl_module, "num_classes", 0)
         cond = class_labels(self.num_samples, num_classes, pl_module.device)
-        images = pl_module.sample(self.num_samples, cond=cond, generator=generator)  # (B, C, H, W)
-        grid = image_grid(images, self.nrow or (num_classes if num_classes > 0 else None))
-        path = (
-            run_dir(trainer)
-            / "samples"
-            / f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}.png"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid.float() / 255, path)
-        self.last_path = path
-        log_image(
-            trainer, "samples", grid, caption=f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-        )
+        samples = pl_module.sample(self.num_samples, cond=cond, generator=generator)
+        decoded = media.to_media(trainer.datamodule, pl_module.modality, samples)
+        stamp = f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}"
+        stem = run_dir(trainer) / "samples" / stamp
+        caption = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        names = media.sample_names(range(len(decoded)))
+        if pl_module.modality == "image":
+            nrow = self.nrow or (num_classes if num_classes > 0 else None)
+            self.last_path = media.write_image_grid(stem.with_suffix(".png"), decoded, nrow)
+            media.log_images(trainer, "samples", decoded, caption=caption, nrow=nrow)
+        elif pl_module.modality == "text":
+            self.last_path = media.write_text_listing(stem.with_suffix(".txt"), names, decoded)
+            media.log_text(trainer, "samples", decoded, caption=caption)
+        else:  # audio
+            media.write_audio(stem, names, decoded)
+            self.last_path = stem
+            media.log_audio(trainer, "samples", decoded, caption=caption)
 
 
 def _last_validation(trainer: pl.Trainer) -> bool:
-    """Whether training stops after this validation (so the final weights always get a grid)."""
+    """Whether training stops after this validation (so the final weights always get samples)."""
     max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
     return (
         trainer.should_stop
@@ -121,15 +103,18 @@ def _last_validation(trainer: pl.Trainer) -> bool:
 
 
 class SampleWriter(BasePredictionWriter):
-    """Write what ``predict`` generates: one PNG per sample plus ``grid.png``.
+    """Write what ``predict`` generates, one file per sample named after its index.
 
     Each predict batch is a tensor of sample indices (see the DataModules' ``predict_dataloader``);
-    file names carry the index, so a sample's seed can be read off its name.
+    sample i is drawn from seed + i, so a file's name says how to redraw it alone. By modality:
+    images ``sample_00003.png`` (plus ``grid.png``), text ``sample_00003.txt`` (plus one
+    ``samples.txt`` listing), audio ``sample_00003.wav`` (16-bit PCM) and a ``sample_00003.png``
+    spectrogram.
 
     Args:
         output_dir: Folder for the files. Default: ``predictions/`` next to the checkpoint's
             ``checkpoints/`` folder when ``--ckpt_path`` is given, else in the run folder.
-        grid: Also write all samples as one ``grid.png``.
+        grid: Also write all samples as one file: ``grid.png`` for images, ``samples.txt`` for text.
         nrow: Images per grid row (default: square).
     """
 
@@ -140,7 +125,8 @@ class SampleWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.grid = grid
         self.nrow = nrow
-        self._images: list[Tensor] = []
+        self._media: list[Any] = []  # per batch: uint8 images or list[str] (audio is not kept)
+        self._names: list[str] = []
         self.written: list[Path] = []
 
     def resolve_dir(self, trainer: pl.Trainer) -> Path:
@@ -151,7 +137,7 @@ class SampleWriter(BasePredictionWriter):
         return run_dir(trainer) / "predictions"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._images, self.written = [], []
+        self._media, self._names, self.written = [], [], []
 
     def write_on_batch_end(
         self,
@@ -163,26 +149,27 @@ class SampleWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        if getattr(pl_module, "modality", "image") != "image":
-            raise NotImplementedError(
-                f"SampleWriter writes images; {pl_module.modality!r} arrives with its paradigm"
-            )
+        modality = pl_module.modality
+        decoded = media.to_media(trainer.datamodule, modality, prediction)
+        names = media.sample_names(batch.tolist())
         out = self.resolve_dir(trainer)
-        out.mkdir(parents=True, exist_ok=True)
-        images = to_uint8(prediction).cpu()  # (B, C, H, W) uint8
-        for index, image in zip(batch.tolist(), images, strict=True):
-            path = out / f"sample_{index:05d}.png"
-            save_image(image.float() / 255, path)
-            self.written.append(path)
-        self._images.append(images)
+        write = {"image": media.write_images, "text": media.write_text, "audio": media.write_audio}[modality]
+        self.written.extend(write(out, names, decoded))
+        if modality != "audio":
+            self._media.append(decoded)
+            self._names.extend(names)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._images:
+        if not self.written:
             return
         out = self.resolve_dir(trainer)
-        if self.grid and trainer.is_global_zero:
-            images = torch.cat(self._images).float() / 127.5 - 1  # (N, C, H, W) back in [-1, 1]
-            num_classes = getattr(pl_module, "num_classes", 0)
-            nrow = self.nrow or (num_classes if num_classes > 0 else None)
-            save_image(image_grid(images, nrow).float() / 255, out / "grid.png")
-        rank_zero_info(f"Wrote {len(self.written)} samples and grid.png to {out}")
+        summary = ""
+        if self.grid and self._media and trainer.is_global_zero:
+            if pl_module.modality == "image":
+                num_classes = getattr(pl_module, "num_classes", 0)
+                nrow = self.nrow or (num_classes if num_classes > 0 else None)
+                summary = media.write_image_grid(out / "grid.png", torch.cat(self._media), nrow).name
+            else:
+                texts = [text for batch in self._media for text in batch]
+                summary = media.write_text_listing(out / "samples.txt", self._names, texts).name
+        rank_zero_info(f"Wrote {len(self.written)} samples{' and ' + summary if summary else ''} to {out}")
