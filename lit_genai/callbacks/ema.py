@@ -1,4 +1,4 @@
-"""Exponential moving average of one submodule's weights (DESIGN.md contract 5).
+"""Exponential moving average of one submodule's weights (docs/architecture.md, "EMA").
 
     theta_ema <- beta * theta_ema + (1 - beta) * theta          after every optimiser step of the target
 
@@ -16,9 +16,13 @@ test or predict), and copies the average over the training weights when fit ends
   count;
 - is saved in and restored from checkpoints (``state_dict`` / ``load_state_dict``);
 - swaps the average in for validation, test and predict (and thus for the sample-logging callback,
-  which runs inside validation) and swaps the training weights back afterwards; a checkpoint written
-  while the average is swapped in still stores the training weights, so training never continues on
-  EMA weights.
+  which runs inside validation) and swaps the training weights back afterwards;
+- keeps every checkpoint on the training weights: while the average is swapped in, a state-dict hook
+  on the target makes ``state_dict()`` return the training weights, so a checkpoint written then,
+  full or weights-only (for which Lightning calls no callback hook), never resumes training on EMA
+  weights;
+- follows the module it is set up with: an instance reused for a second ``fit`` averages the new
+  module (from its own weights), not the old one.
 
 Buffers (e.g. BatchNorm running statistics) are copied, not averaged, as in StyleGAN/EDM.
 """
@@ -73,7 +77,8 @@ class EMA(Callback):
         self._shadow: Optional[dict[str, torch.Tensor]] = None  # name -> averaged tensor
         self._backup: Optional[dict[str, torch.Tensor]] = None  # training weights while swapped
         self._pending: Optional[dict[str, torch.Tensor]] = None  # loaded before the shadow existed
-        self._hooks: list[Any] = []
+        self._hooks: list[Any] = []  # optimiser step hooks
+        self._state_dict_hook: Any = None  # while swapped in
         self._pairs: tuple[list[torch.Tensor], ...] = (
             [],
             [],
@@ -105,16 +110,26 @@ class EMA(Callback):
         if not self.enabled:
             return
         name = self.target if self.target is not None else getattr(pl_module, "ema_target", None)
-        if name is None:
-            self._module = pl_module
-            return
         try:
-            self._module = pl_module.get_submodule(name)
+            module = pl_module if name is None else pl_module.get_submodule(name)
         except AttributeError:
             raise ConfigError(
                 f"ema.target={name!r} is not a submodule of {type(pl_module).__name__} "
                 f"(its children: {[n for n, _ in pl_module.named_children()]})"
             ) from None
+        if module is not self._module:
+            self._bind(module)
+
+    def _bind(self, module: nn.Module) -> None:
+        # A new target (this instance was used with another module before): its average starts from
+        # its own weights, lazily in _ensure_shadow, unless a checkpoint's EMA state waits for it.
+        self.swap_out()
+        self._remove_hooks()
+        self._module = module
+        self._shadow = None
+        self._pairs = ([], [], [], [])
+        if self._pending is None:
+            self.num_updates = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.enabled:
@@ -162,23 +177,38 @@ class EMA(Callback):
 
     @torch.no_grad()
     def swap_in(self) -> None:
-        """Put the averaged weights into the target, keeping the training weights aside."""
+        """Put the averaged weights into the target, keeping the training weights aside.
+
+        Until ``swap_out``, the target's ``state_dict()`` (and so every checkpoint) holds the
+        training weights, not the average that is in the module.
+        """
         if not self.enabled or self._module is None or self.swapped_in:
             return
         self._ensure_shadow()
-        state = self._module.state_dict()
-        self._backup = {n: t.detach().clone() for n, t in state.items()}
-        for name, tensor in state.items():
-            tensor.copy_(self._shadow[name])
+        live = _weights(self._module)
+        clones: dict[int, torch.Tensor] = {}  # one clone per tensor: tied names share it
+        self._backup = {n: clones.setdefault(id(t), t.detach().clone()) for n, t in live.items()}
+        for name, tensor in live.items():
+            tensor.detach().copy_(self._shadow[name])
+        self._state_dict_hook = self._module.register_state_dict_post_hook(_TrainingWeightsHook(self))
 
     @torch.no_grad()
     def swap_out(self) -> None:
         """Put the training weights back."""
         if self._backup is None:
             return
-        for name, tensor in self._module.state_dict().items():
-            tensor.copy_(self._backup[name])
+        self._state_dict_hook.remove()
+        self._state_dict_hook = None
+        for name, tensor in _weights(self._module).items():
+            tensor.detach().copy_(self._backup[name])
         self._backup = None
+
+    def _put_training_weights(self, module: nn.Module, state_dict: dict[str, Any], prefix: str) -> None:
+        if module is not self._module or self._backup is None:
+            return  # a copy of the target made while swapped in: it keeps its own weights
+        for name, tensor in self._backup.items():
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = tensor
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -198,34 +228,22 @@ class EMA(Callback):
         if self._shadow is not None:
             self._apply_pending()
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # A checkpoint taken while the average is swapped in (e.g. by ModelCheckpoint at the end of
-        # validation) must still hold the training weights, or a resumed run would train on EMA weights.
-        if not self.swapped_in:
-            return
-        prefix = next(n for n, m in pl_module.named_modules() if m is self._module)
-        prefix = f"{prefix}." if prefix else ""
-        for name, tensor in self._backup.items():
-            key = prefix + name
-            if key in checkpoint["state_dict"]:
-                checkpoint["state_dict"][key] = tensor.clone()
-
     # ------------------------------------------------------------------ helpers
     def _ensure_shadow(self) -> None:
         # Created lazily, after Lightning has restored the module's weights from a checkpoint, so that
         # test/predict on a checkpoint trained without EMA averages the loaded weights, not a fresh init.
         if self._shadow is None and self._module is not None:
-            self._shadow = {n: t.detach().clone() for n, t in self._module.state_dict().items()}
+            live = _weights(self._module)
+            clones: dict[int, torch.Tensor] = {}  # tied weights share one average
+            self._shadow = {n: clones.setdefault(id(t), t.detach().clone()) for n, t in live.items()}
             self._apply_pending()
-            params = [(n, p.detach()) for n, p in self._module.named_parameters()]
-            buffers = [(n, b) for n, b in self._module.named_buffers() if n in self._shadow]
+            params = [p for _, p in self._module.named_parameters()]  # each tensor once
+            buffers = [b for n, b in self._module.named_buffers() if n in self._shadow]
             self._pairs = (
-                [self._shadow[n] for n, _ in params],
-                [p for _, p in params],
-                [self._shadow[n] for n, _ in buffers],
-                [b for _, b in buffers],
+                [clones[id(p)] for p in params],
+                [p.detach() for p in params],
+                [clones[id(b)] for b in buffers],
+                buffers,
             )
 
     @torch.no_grad()
@@ -245,3 +263,37 @@ class EMA(Callback):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+
+
+class _TrainingWeightsHook:
+    """State-dict post hook on the target while the average is swapped in: the training weights go
+    into ``state_dict()`` in place of the average (Lightning calls no callback hook for weights-only
+    saves, so the module itself must answer). A deep copy or a pickle of the module gets a hook that
+    leaves the copy's own weights alone."""
+
+    def __init__(self, ema: Optional[EMA]) -> None:
+        self.ema = ema
+
+    def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, _metadata: Any) -> None:
+        if self.ema is not None:
+            self.ema._put_training_weights(module, state_dict, prefix)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _TrainingWeightsHook:
+        return self  # not a copy of the callback: `module is ema._module` then fails for the copy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_TrainingWeightsHook, (None,))
+
+
+def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors ``module.state_dict()`` saves, by its keys: parameters and persistent buffers.
+
+    Read from ``named_parameters`` / ``named_buffers`` rather than ``state_dict()``, whose values the
+    swap-in hook replaces. Tied tensors appear under each of their names, as in ``state_dict()``.
+    """
+    weights = dict(module.named_parameters(remove_duplicate=False))
+    for name, buffer in module.named_buffers(remove_duplicate=False):
+        owner, _, leaf = name.rpartition(".")
+        if leaf not in module.get_submodule(owner)._non_persistent_buffers_set:
+            weights[name] = buffer
+    return weights
