@@ -2,9 +2,9 @@
 
 Under LightningCLI a module's hyperparameters are the plain config (``class_path`` + ``init_args``
 dicts), which ``load_from_checkpoint`` can rebuild and ``torch.load(weights_only=True)`` can read
-(docs/architecture.md, "Checkpoints"). Built from Python, the same arguments are objects (a network, an optimiser
-class, a lambda): pickling them would make checkpoints unsafe or unloadable, and a network's
-weights are in the state dict already, so they are dropped.
+(docs/architecture.md, "Checkpoints"). Built from Python, the same arguments are objects (a
+network, an optimiser class, a lambda): pickling them would make checkpoints unsafe or unloadable,
+and a network's weights are in the state dict already, so they are dropped.
 """
 
 from __future__ import annotations

@@ -1,47 +1,68 @@
-"""The Evaluation callback: metrics at test and during fit, protocol and JSON, DDP without hangs."""
+"""The Evaluation callback: metrics at test and during fit, the contract it reads, the protocol and
+JSON, the real-feature cache key, conditioning accuracy, and DDP against one process."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from ddp_evaluation_script import METRICS, NUM_REAL, NUM_SAMPLES, RealDigits, run
 from helpers import quiet_trainer, tiny_conditional_diffusion
+from torch.utils.data import DataLoader
 
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.data import Digits, MNIST5k
-from lit_genai.diffusion import Diffusion
-from lit_genai.nn import UNet
+from lit_genai.metrics.features import get_extractor
+from lit_genai.metrics.fid import QualityMetrics, real_features
 
-HERE = Path(__file__).resolve().parent
-
-
-_module = tiny_conditional_diffusion
 _trainer = quiet_trainer
 
 
+def _test(tmp_path, module, callbacks, datamodule=None):
+    trainer = _trainer(tmp_path, callbacks, limit_test_batches=1)
+    trainer.test(module, datamodule=datamodule or MNIST5k(batch_size=16), verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
 def test_test_reports_every_metric_with_the_extractor_in_the_key(tmp_path):
+    # A real (untrained, tiny) diffusion model, under EMA weights.
     evaluation = Evaluation(num_samples=40, batch_size=20, num_real=80, cache_dir=str(tmp_path / "cache"))
-    trainer = _trainer(tmp_path, [evaluation, EMA(decay=0.9)], limit_test_batches=1)
-    trainer.test(_module(), datamodule=MNIST5k(batch_size=16), verbose=False)
-    metrics = trainer.callback_metrics
-    for key in ("fid_mnist", "kid_mnist", "is_mnist", "precision_mnist", "recall_mnist"):
-        assert torch.isfinite(metrics[f"test/{key}"]), key
+    metrics = _test(tmp_path, tiny_conditional_diffusion(), [evaluation, EMA(decay=0.9)])
+    for key in ("fid_mnist", "kid_mnist", "is_mnist", "precision_mnist", "recall_mnist", "cond_acc_mnist"):
+        assert f"test/{key}" in metrics, key
     # An untrained model's samples are noise-like: far from the data.
     assert metrics["test/fid_mnist"] > 100
     protocol = evaluation.last_protocol
     assert protocol["num_generated"] == 40 and protocol["num_real"] == 80
     assert protocol["reference"] == "MNIST5k/train" and protocol["extractor"] == "mnist"
     assert protocol["sampler"]["ema"] is True  # evaluated under the EMA weights
-    assert protocol["sampler"]["sampling_steps"] == 2
+    assert protocol["sampler"]["sampling_steps"] == 2  # from the module's sampling_settings()
     assert any("KID subset size clamped" in note for note in protocol["notes"])
     # The results and protocol are saved as JSON (next to the checkpoint when there is one).
     saved = json.loads((tmp_path / "test.json").read_text())
-    assert saved["metrics"]["test/fid_mnist"] == pytest.approx(float(metrics["test/fid_mnist"]))
+    assert saved["metrics"]["test/fid_mnist"] == pytest.approx(metrics["test/fid_mnist"])
+    assert saved["metrics"]["test/cond_acc_mnist"] == pytest.approx(metrics["test/cond_acc_mnist"])
     assert saved["protocol"]["num_generated"] == 40
-    assert list((tmp_path / "cache").glob("MNIST5k-train-mnist-80.pt"))
+    assert len(list((tmp_path / "cache").glob("MNIST5k-train-mnist-80-*.pt"))) == 1
+
+
+def test_the_protocol_records_the_modules_sampling_settings_and_the_options(tmp_path):
+    evaluation = Evaluation(
+        num_samples=20, batch_size=10, num_real=50, metrics=("fid",), cache_dir=str(tmp_path), seed=3
+    )
+    _test(tmp_path, RealDigits(), [evaluation])
+    assert evaluation.last_protocol["sampler"] == {"ignore_labels": False, "seed": 3, "ema": False}
+    options = Evaluation(
+        num_samples=20,
+        batch_size=10,
+        num_real=50,
+        metrics=("fid",),
+        cache_dir=str(tmp_path),
+        sampler_options={"ignore_labels": True},  # passed to sample() and recorded
+    )
+    metrics = _test(tmp_path, RealDigits(), [options])
+    assert options.last_protocol["sampler"]["ignore_labels"] is True
+    assert metrics["test/cond_acc_mnist"] < 0.5  # the option reached sample(): labels were ignored
 
 
 def test_periodic_evaluation_during_fit(tmp_path):
@@ -55,73 +76,132 @@ def test_periodic_evaluation_during_fit(tmp_path):
         cache_dir=str(tmp_path),
     )
     trainer = _trainer(tmp_path, [evaluation], max_epochs=1, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(_module(), datamodule=MNIST5k(batch_size=8))
+    trainer.fit(RealDigits(), datamodule=MNIST5k(batch_size=8))
     assert "val/fid_mnist" in trainer.callback_metrics
     assert "val/is_mnist" not in trainer.callback_metrics  # only what was asked
 
 
-def test_same_seed_same_numbers(tmp_path):
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     results = []
-    for _ in range(2):
+    for seed in (0, 0, 1):
         evaluation = Evaluation(
-            num_samples=20, batch_size=10, num_real=50, metrics=("fid", "pr"), cache_dir=str(tmp_path)
+            num_samples=20,
+            batch_size=10,
+            num_real=50,
+            metrics=("fid", "pr"),
+            cache_dir=str(tmp_path),
+            seed=seed,
         )
-        _trainer(tmp_path, [evaluation], limit_test_batches=1).test(
-            _module(), datamodule=MNIST5k(batch_size=16), verbose=False
-        )
+        _test(tmp_path, RealDigits(), [evaluation])
         results.append(evaluation.last_results)
     assert results[0] == results[1]
+    assert results[0]["fid_mnist"] != results[2]["fid_mnist"]  # the seed picks the samples
+
+
+def test_the_feature_cache_is_keyed_on_the_data_configuration(tmp_path):
+    cache = tmp_path / "cache"
+
+    def evaluate(datamodule):
+        evaluation = Evaluation(
+            num_samples=20, batch_size=10, num_real=50, metrics=("fid",), cache_dir=str(cache)
+        )
+        return _test(tmp_path, RealDigits(), [evaluation], datamodule)["test/fid_mnist"]
+
+    first = evaluate(MNIST5k(seed=0))
+    (path,) = cache.glob("MNIST5k-train-mnist-50-*.pt")
+    written = path.stat().st_mtime_ns
+    other_split = evaluate(MNIST5k(seed=1))  # another permutation: other training images
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert other_split != first
+    # Loading options do not decide the images: the first file is read again, not rewritten.
+    again = evaluate(MNIST5k(seed=0, batch_size=64))
+    assert len(list(cache.glob("*.pt"))) == 2 and path.stat().st_mtime_ns == written
+    assert again == first
+
+
+def test_conditioning_accuracy_tells_faithful_from_ignored_labels(tmp_path):
+    def cond_acc(module):
+        evaluation = Evaluation(
+            num_samples=300, batch_size=150, num_real=50, metrics=("fid",), cache_dir=str(tmp_path)
+        )
+        return _test(tmp_path, module, [evaluation]).get("test/cond_acc_mnist")
+
+    assert cond_acc(RealDigits()) > 0.9  # real digits of the asked class: the classifier's accuracy
+    assert cond_acc(RealDigits(ignore_labels=True)) == pytest.approx(0.1, abs=0.06)  # chance
+    assert cond_acc(RealDigits(num_classes=0)) is None  # an unconditional model has none
 
 
 def test_no_extractor_for_the_data_skips_with_a_warning(tmp_path):
-    net = UNet(
-        in_channels=1,
-        base_channels=8,
-        channel_mult=(1,),
-        num_res_blocks=1,
-        attention_levels=(),
-        dropout=0.0,
-        num_groups=4,
-    )
-    module = Diffusion(net, sample_shape=(1, 8, 8), num_classes=10, num_timesteps=50, sampling_steps=2)
-    trainer = _trainer(tmp_path, [Evaluation(num_samples=8)], limit_test_batches=1)
     with pytest.warns(UserWarning, match="no feature extractor for Digits"):
-        trainer.test(module, datamodule=Digits(batch_size=16), verbose=False)
-    assert not any("fid" in k for k in trainer.callback_metrics)
+        metrics = _test(tmp_path, RealDigits(), [Evaluation(num_samples=8)], Digits(batch_size=16))
+    assert not any("fid" in k for k in metrics)
+
+
+def test_other_modalities_are_skipped_quietly(tmp_path, recwarn):
+    module = RealDigits()
+    module.modality = "text"
+    evaluation = Evaluation(num_samples=8, cache_dir=str(tmp_path))
+    metrics = _test(tmp_path, module, [evaluation])
+    assert not any("fid" in k for k in metrics) and evaluation.last_protocol == {}
+    assert not [w for w in recwarn if "Evaluation" in str(w.message)]
 
 
 def test_two_process_ddp_evaluation_completes_and_ranks_agree(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(HERE / "ddp_evaluation_script.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    run(tmp_path)  # two forked gloo ranks; a rank stuck in a collective raises after a minute
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    drawn = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    assert ranks[0]["protocol"]["num_generated"] == NUM_SAMPLES
+    # The ranks drew disjoint shares of the global sample indices: labels 0..29 mod 10, in order.
+    labels = torch.cat([d["labels"] for d in drawn])
+    assert labels.tolist() == [i % 10 for i in range(NUM_SAMPLES)]
+    assert len(drawn[0]["labels"]) == len(drawn[1]["labels"]) == NUM_SAMPLES // 2
+
+    # One process, the same real features and the union of the generated images.
+    extractor = get_extractor("mnist")
+    reference = MNIST5k()
+    reference.setup()
+    real = real_features(
+        DataLoader(reference.train_set, batch_size=64),
+        extractor,
+        dataset="MNIST5k",
+        split="train",
+        num=NUM_REAL,
+        key=reference.identity(),
+        cache_dir=tmp_path / "cache",
+        progress=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0["metrics"]["test/fid_mnist"] == pytest.approx(rank1["metrics"]["test/fid_mnist"])
-    assert rank0["metrics"]["test/precision_mnist"] == rank1["metrics"]["test/precision_mnist"]
-    # 30 samples asked, split 15 + 15 over two ranks with different seeds, all of them gathered.
-    assert rank0["protocol"]["num_generated"] == 30
+
+    def single(parts):
+        metrics = QualityMetrics(extractor, METRICS, conditional=True)
+        # each rank keeps rows rank::2 and the gather puts rank 0's first: KID's subsets see this order
+        metrics.set_real_features(torch.cat([real[0::2], real[1::2]]))
+        metrics.update_fake(torch.cat([p["images"] for p in parts]), torch.cat([p["labels"] for p in parts]))
+        return metrics.compute()
+
+    expected = single(drawn)
+    assert set(ranks[0]["metrics"]) == {f"test/{key}" for key in expected}
+    for key, value in expected.items():
+        assert ranks[0]["metrics"][f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    # What rank 0 would report from its own half differs: the comparison above sees a missing gather.
+    alone = single(drawn[:1])
+    assert alone["fid_mnist"] != pytest.approx(expected["fid_mnist"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains two classifiers for 25 epochs: 35-50 s on two shared cores
 def test_classification_accuracy_score_of_a_conditional_model(tmp_path):
+    # CAS trains a classifier on the generated images and the labels they were drawn for: on real
+    # digits with their own labels it recognises the real test digits (with misaligned labels it
+    # would be at chance, 10%), as does the same classifier trained on as many real training images.
     evaluation = Evaluation(
         num_samples=200,
         batch_size=100,
         num_real=50,
         metrics=("fid",),
         cas=True,
-        cas_epochs=25,
+        cas_epochs=25,  # 10 epochs of 2 steps leave both classifiers at chance
         cache_dir=str(tmp_path),
     )
-    trainer = _trainer(tmp_path, [evaluation], limit_test_batches=1)
-    trainer.test(_module(), datamodule=MNIST5k(batch_size=16), verbose=False)
-    cas, cas_real = (
-        float(trainer.callback_metrics["test/cas"]),
-        float(trainer.callback_metrics["test/cas_real"]),
-    )
-    # An untrained generator's samples carry no class information: near chance (10%); the same
-    # classifier trained on 200 real images does clearly better.
-    assert 0.0 <= cas < 0.3
-    assert cas_real > cas + 0.2
+    metrics = _test(tmp_path, RealDigits(), [evaluation])
+    assert metrics["test/cas"] > 0.6
+    assert metrics["test/cas_real"] > 0.6

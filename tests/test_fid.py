@@ -1,34 +1,40 @@
-"""Sample-quality metrics: precision/recall and FID against analytic values, the protocol they report,
-the real-feature cache, DDP gathering, and sanity orderings with the shipped MNIST classifier."""
+"""Sample-quality metrics: precision/recall and FID against analytic values and scipy, conditioning
+accuracy, the protocol they report, the real-feature cache and its key, DDP gathering, and sanity
+orderings with the shipped MNIST classifier."""
 
 import json
 import math
 import socket
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lit_genai.data import MNIST5k
+from lit_genai.data.images import ImageFolder
 from lit_genai.errors import ConfigError
 from lit_genai.metrics.features import get_extractor
 from lit_genai.metrics.fid import QualityMetrics, knn_radii, precision_recall, real_features, to_uint8
 
 
 class StubExtractor(nn.Module):
-    """The FeatureExtractor interface on a fixed random projection of 6x6 grey images; counts its calls."""
+    """The FeatureExtractor interface on a fixed random projection of grey images of ``pixels``
+    pixels (6x6 by default); counts its calls."""
 
     name = "stub"
 
-    def __init__(self, num_features: int = 8, num_classes: int = 4, seed: int = 0) -> None:
+    def __init__(self, num_features: int = 8, num_classes: int = 4, seed: int = 0, pixels: int = 36) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.num_features, self.num_classes = num_features, num_classes
-        self.proj = nn.Linear(36, num_features)
+        self.proj = nn.Linear(pixels, num_features)
         self.head = nn.Linear(num_features, max(num_classes, 1))
         self.calls = 0
 
@@ -115,6 +121,47 @@ def test_fid_of_gaussians_matches_the_closed_form(mean, std):
     assert _feature_metrics(real, fake, metrics=("fid",))["fid_stub"] == pytest.approx(expected, rel=0.06)
 
 
+def _frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Heusel et al. 2017, eq. 6 with scipy: ||mu1 - mu2||² + tr(S1 + S2 - 2 sqrtm(S1 S2))."""
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_scipy_on_gaussians_whose_covariances_do_not_commute():
+    # Random non-diagonal covariances: S1 S2 is not symmetric, so a shortcut that treats the two
+    # as simultaneously diagonal (or takes sqrt(S1) sqrt(S2)) gives another number.
+    rng = np.random.default_rng(0)
+    dim, n = 16, 2000
+    a, b = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim)) / 2
+    real = rng.normal(size=(n, dim)) @ a.T
+    fake = rng.normal(size=(n, dim)) @ b.T + rng.normal(size=dim)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    assert np.abs(s1 @ s2 - s2 @ s1).max() > 0.1 * np.abs(s1 @ s2).max()  # they do not commute
+    sqrt_product = np.trace(scipy.linalg.sqrtm(s1).real @ scipy.linalg.sqrtm(s2).real)
+    assert abs(sqrt_product - np.trace(scipy.linalg.sqrtm(s1 @ s2).real)) > 1.0  # the shortcut is off
+    expected = _frechet_distance(real, fake)
+    fid = _feature_metrics(torch.from_numpy(real).float(), torch.from_numpy(fake).float(), metrics=("fid",))
+    assert fid["fid_stub"] == pytest.approx(expected, rel=1e-3)
+
+
+# ---------------------------------------------------------------------- conditioning accuracy
+
+
+def test_conditioning_accuracy_is_the_share_of_samples_classified_as_asked():
+    metrics = QualityMetrics(StubExtractor(num_classes=4), metrics=("fid",), conditional=True)
+    metrics.set_real_features(_gaussian(20, 8))
+    logits = torch.eye(4)[torch.tensor([0, 1, 2, 3, 0])] * 5  # (5, 4): classified as 0, 1, 2, 3, 0
+    metrics.update_fake_features(_gaussian(5, 8, seed=1), logits, labels=torch.tensor([0, 1, 2, 0, 1]))
+    metrics.update_fake_features(_gaussian(0, 8), logits[:0], labels=torch.zeros(0, dtype=torch.long))
+    assert metrics.compute()["cond_acc_stub"] == pytest.approx(3 / 5)
+    with pytest.raises(ConfigError, match="labels"):
+        metrics.update_fake(torch.zeros(2, 1, 6, 6, dtype=torch.uint8))  # labels forgotten
+    with pytest.raises(ConfigError, match="no class logits"):
+        QualityMetrics(StubExtractor(num_classes=0), metrics=("fid",), conditional=True)
+
+
 def test_kid_subset_size_is_clamped_and_reported_in_the_protocol():
     metrics = QualityMetrics(StubExtractor(), metrics=("fid", "kid"), kid_subset_size=1000)
     metrics.set_real_features(_gaussian(500, 8, seed=2))
@@ -198,41 +245,114 @@ def test_cache_dir_defaults_to_the_environment_variable(tmp_path, monkeypatch):
     assert (tmp_path / "Z-test-stub-4.pt").is_file()
 
 
+def _image_folder(root, seed: int, n: int = 8) -> str:
+    """``n`` random 6x6 grey PNGs in ``root/digits/``; returns ``root``."""
+    (root / "digits").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8), mode="L").save(
+            root / "digits" / f"{i}.png"
+        )
+    return str(root)
+
+
+def _cached_features(datamodule, extractor, cache_dir, num: int) -> torch.Tensor:
+    datamodule.setup()
+    loader = DataLoader(datamodule.train_set, batch_size=4)
+    return real_features(
+        loader,
+        extractor,
+        dataset=type(datamodule).__name__,
+        split="train",
+        num=num,
+        key=datamodule.identity(),
+        cache_dir=cache_dir,
+        progress=False,
+    )
+
+
+def test_real_feature_cache_is_keyed_on_the_data_configuration(tmp_path):
+    cache, extractor = tmp_path / "cache", StubExtractor()
+    a, b = _image_folder(tmp_path / "a", seed=0), _image_folder(tmp_path / "b", seed=1)
+    folder = dict(image_size=6, channels=1, val_size=2)
+    # Two folders with as many images (same name, split and N): two files, each its own features.
+    from_a = _cached_features(ImageFolder(a, **folder), extractor, cache, num=6)
+    from_b = _cached_features(ImageFolder(b, **folder), extractor, cache, num=6)
+    assert not torch.equal(from_a, from_b)
+    assert len(list(cache.glob("ImageFolder-train-stub-6-*.pt"))) == 2
+    # The same configuration, batched and loaded differently, reads its file without extracting.
+    extractor.calls = 0
+    again = _cached_features(ImageFolder(a, **folder, batch_size=3, num_workers=0), extractor, cache, num=6)
+    assert extractor.calls == 0 and torch.equal(again, from_a)
+    # An image replaced under the same name is other data.
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8), mode="L").save(tmp_path / "a" / "digits" / "0.png")
+    _cached_features(ImageFolder(a, **folder), extractor, cache, num=6)
+    assert extractor.calls > 0
+
+    # MNIST5k with another seed holds other training images: other features, another file.
+    mnist = StubExtractor(pixels=28 * 28)
+    seed0 = _cached_features(MNIST5k(seed=0), mnist, cache, num=40)
+    seed1 = _cached_features(MNIST5k(seed=1), mnist, cache, num=40)
+    assert not torch.equal(seed0, seed1)
+    assert len(list(cache.glob("MNIST5k-train-stub-40-*.pt"))) == 2
+    mnist.calls = 0
+    same = _cached_features(
+        MNIST5k(seed=0, batch_size=7, predict_samples=3, random_flip=True), mnist, cache, 40
+    )
+    assert mnist.calls == 0 and torch.equal(same, seed0)
+
+
+def test_data_identity_holds_what_decides_the_images(tmp_path):
+    base = MNIST5k().identity()
+    json.dumps(base)  # JSON-able, as the cache key needs
+    for change in ({"seed": 1}, {"val_size": 400}, {"test_size": 400}):
+        assert MNIST5k(**change).identity() != base, change
+    for change in ({"batch_size": 3}, {"num_workers": 2}, {"predict_samples": 5}, {"random_flip": True}):
+        assert MNIST5k(**change).identity() == base, change
+    root = _image_folder(tmp_path / "images", seed=0)
+    folder = ImageFolder(root, image_size=6).identity()
+    assert folder["root"] == str((tmp_path / "images").resolve()) and folder["num_files"] == 8
+    for change in ({"image_size": 4}, {"channels": 1}, {"labels": False}, {"val_split": "test"}, {"seed": 2}):
+        assert ImageFolder(root, **{"image_size": 6, **change}).identity() != folder, change
+
+
 # ---------------------------------------------------------------------- DDP
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    real, fake, logits = _ddp_data()
-    metrics = QualityMetrics(StubExtractor(), kid_subset_size=40)
+    real, fake, logits, labels = _ddp_data()
+    metrics = QualityMetrics(StubExtractor(), kid_subset_size=40, conditional=True)
     metrics.set_real_features(real)  # the full set on every rank; each keeps half
     if rank == 0:  # uneven shares and numbers of updates, one of them empty
         for lo, hi in ((0, 15), (15, 30), (30, 40)):
-            metrics.update_fake_features(fake[lo:hi], logits[lo:hi])
+            metrics.update_fake_features(fake[lo:hi], logits[lo:hi], labels[lo:hi])
     else:
-        metrics.update_fake(torch.zeros(0, 1, 6, 6, dtype=torch.uint8))
-        metrics.update_fake_features(fake[40:], logits[40:])
+        metrics.update_fake(torch.zeros(0, 1, 6, 6, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+        metrics.update_fake_features(fake[40:], logits[40:], labels[40:])
     scores = metrics.compute()
     torch.save({"scores": scores, "protocol": metrics.protocol("ddp").as_dict()}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def _ddp_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _gaussian(101, 8, seed=0), _gaussian(50, 8, 0.3, seed=1), _gaussian(50, 4, seed=2)
+def _ddp_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    labels = torch.randint(0, 4, (50,), generator=torch.Generator().manual_seed(3))
+    return _gaussian(101, 8, seed=0), _gaussian(50, 8, 0.3, seed=1), _gaussian(50, 4, seed=2), labels
 
 
-@pytest.mark.slow  # two processes importing torch and Lightning: 10-40 s on two shared cores
 def test_ddp_gathers_uneven_and_empty_ranks_like_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2)
-    real, fake, logits = _ddp_data()
-    single = QualityMetrics(StubExtractor(), kid_subset_size=40)
+    # forked workers inherit this process's imports: seconds, where spawned ones import torch again
+    mp.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    real, fake, logits, labels = _ddp_data()
+    single = QualityMetrics(StubExtractor(), kid_subset_size=40, conditional=True)
     single.set_real_features(real)
-    single.update_fake_features(fake, logits)
+    single.update_fake_features(fake, logits, labels)
     expected = single.compute()
+    assert 0.1 < expected["cond_acc_stub"] < 0.5  # neither empty nor all-agreeing: a sum gone wrong shows
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert (result["protocol"]["num_real"], result["protocol"]["num_generated"]) == (101, 50)

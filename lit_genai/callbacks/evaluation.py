@@ -3,7 +3,15 @@
 Generates images with the module's ``sample()`` (under EMA weights: this runs inside validation /
 test, where the EMA callback has swapped the average in), quantises them to uint8 like real images,
 and computes FID / KID / IS / precision / recall (``lit_genai.metrics.fid.QualityMetrics``) against
-cached features of real images, with the extractor's name in every key (``val/fid_mnist``).
+cached features of real images, with the extractor's name in every key (``val/fid_mnist``). For a
+class-conditional model whose classes the extractor's classifier knows, it also reports
+``<stage>/cond_acc_<extractor>``: the share of samples classified as the class they were drawn for.
+
+It reads only the generative-module contract (``lit_genai.paradigm``, docs/architecture.md):
+``is_generative`` and ``modality`` (image modules are evaluated, others are skipped for now),
+``sample``, ``num_classes`` and ``sampling_settings()`` for the protocol; whether EMA weights are
+swapped in comes from the trainer's callbacks. The real-feature cache is keyed on the data module's
+``identity()``, so another seed, split or folder never reuses the features of the first.
 
 Under DDP the generation is split across ranks with distinct seeds; every rank takes part in every
 collective (feature gathering in ``QualityMetrics.compute``, the barrier around the real-feature
@@ -11,10 +19,10 @@ cache), so no rank waits on another that skipped — the torchmetrics rank-0 han
 
 At ``test`` the results (the test loop's metrics and these) are written as JSON next to the
 checkpoint (``checkpoints/last.ckpt`` -> ``checkpoints/last.test.json``) with the protocol: how many
-samples, which reference split, which extractor, which sampler settings (BASELINES.md: FID moves
-with each of them).
+samples, which reference split, which extractor, which sampler settings (FID moves with each of
+them).
 
-Shape legend: B batch, C/H/W image, N images.
+Shape legend: B batch, C/H/W image, N images, K classes.
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lit_genai.callbacks.samples import class_labels, run_dir
+from lit_genai import paradigm
+from lit_genai.callbacks.samples import run_dir
 from lit_genai.data.images import to_uint8
+from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.classifier import accuracy, train_classifier
 from lit_genai.metrics.features import get_extractor
-from lit_genai.metrics.fid import METRICS, QualityMetrics, real_features
-
-MetricName = Literal["fid", "kid", "is", "pr"]
+from lit_genai.metrics.fid import METRICS, MetricName, QualityMetrics
 
 
 class Evaluation(Callback):
@@ -49,7 +57,8 @@ class Evaluation(Callback):
         every_n_epochs: During fit, evaluate after every n-th validation epoch (0 = only at test).
         at_test: Evaluate at ``lit-genai test``.
         num_samples: Generated images (in total over all ranks). FID falls as N grows: papers use
-            50,000; compare numbers only at the same N.
+            50,000; compare numbers only at the same N. Their labels (class-conditional models)
+            cycle through the classes over the global sample index.
         extractor: ``"inception"`` (needs the TF-Inception weights file), ``"mnist"`` (shipped domain
             classifier), or a classifier checkpoint path. Default: the data module's
             ``feature_extractor`` attribute (``mnist`` for MNIST, ``inception`` for CIFAR-10).
@@ -57,7 +66,9 @@ class Evaluation(Callback):
         reference_split: Real images the statistics are taken from (DDPM: ``train``).
         num_real: Real images in the reference statistics (all, if the split is smaller; the protocol
             records the number used).
-        metrics: Which of ``fid``, ``kid``, ``is`` (needs class logits), ``pr``.
+        metrics: Which of ``fid``, ``kid``, ``is`` (needs class logits), ``pr``. The conditioning
+            accuracy ``cond_acc`` comes on top, for every class-conditional model whose number of
+            classes the extractor's classifier has.
         batch_size: Images generated per ``sample()`` call.
         seed: Base seed of the generated images (rank r, batch b uses seed + 1_000_003 r + b).
         cache_dir: Folder of cached real features (default ``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``).
@@ -102,10 +113,9 @@ class Evaluation(Callback):
         self.sampler_options = dict(sampler_options or {})
         self.cas = cas
         self.cas_epochs = cas_epochs
-        self._quality: Optional[QualityMetrics] = (
-            None  # built lazily; kept out of the module (and its checkpoints)
-        )
+        self._quality: Optional[QualityMetrics] = None  # built lazily; kept out of the module's checkpoints
         self._protocol_logged = False
+        self._told: set[str] = set()  # one-time notices already given
         self.last_results: dict[str, float] = {}
         self.last_protocol: dict[str, Any] = {}
 
@@ -138,8 +148,8 @@ class Evaluation(Callback):
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
         """Generate, extract, compute and log ``<stage>/<metric>_<extractor>``; returns the numbers."""
-        if not hasattr(pl_module, "sample") or getattr(pl_module, "modality", "image") != "image":
-            return {}
+        if not paradigm.is_generative(pl_module) or pl_module.modality != "image":
+            return {}  # quality metrics of text and audio samples are not implemented yet
         datamodule = trainer.datamodule
         name = self.extractor or getattr(datamodule, "feature_extractor", None)
         if name is None:
@@ -149,37 +159,37 @@ class Evaluation(Callback):
                 "Skipping quality metrics."
             )
             return {}
-        quality = self._metrics(name, pl_module.device)
+        num_classes = int(pl_module.num_classes)
+        quality = self._metrics(name, num_classes, pl_module.device)
 
         # Real statistics: rank 0 fills the cache first, the others then read it.
         reference = self._reference_loader(datamodule)
         dataset = type(datamodule).__name__
+        key = self._data_key(datamodule)
         features = None
         if trainer.is_global_zero:
-            features = self._real_features(reference, quality, dataset)
+            features = self._real_features(reference, quality, dataset, key)
         trainer.strategy.barrier("lit_genai_real_features")
         if features is None:
-            features = self._real_features(reference, quality, dataset)
+            features = self._real_features(reference, quality, dataset, key)
         quality.set_real_features(features)
 
-        # This rank's share of the generated images, with its own seeds.
+        # This rank's share of the global sample indices [0, num_samples), with its own seeds.
         rank, world = trainer.global_rank, trainer.world_size
         per_rank = math.ceil(self.num_samples / world)
-        num_classes = getattr(pl_module, "num_classes", 0)
-        batches = range(0, per_rank, self.batch_size)
+        first, last = min(rank * per_rank, self.num_samples), min((rank + 1) * per_rank, self.num_samples)
+        batches = range(first, last, self.batch_size)
         kept: list[tuple[Tensor, Tensor]] = []  # (uint8 images, labels) for CAS
         for b, start in enumerate(tqdm(batches, desc=f"Evaluation ({name})", disable=rank != 0, leave=False)):
-            n = min(self.batch_size, per_rank - start)
+            n = min(self.batch_size, last - start)
             generator = torch.Generator().manual_seed(self.seed + 1_000_003 * rank + b)
-            cond = class_labels(n, num_classes, pl_module.device)
-            if cond is not None:  # balanced classes over the global sample index
-                cond = (cond + rank * per_rank + start) % num_classes
-            images = pl_module.sample(
-                n, cond=cond, generator=generator, **self.sampler_options
-            )  # (n, C, H, W)
-            quality.update_fake(to_uint8(images))
+            cond = None
+            if num_classes > 0:  # balanced classes over the global sample index
+                cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
+            images = to_uint8(pl_module.sample(n, cond=cond, generator=generator, **self.sampler_options))
+            quality.update_fake(images, labels=cond if quality.conditional else None)  # (n, C, H, W)
             if self.cas and cond is not None:
-                kept.append((to_uint8(images).cpu(), cond.cpu()))
+                kept.append((images.cpu(), cond.cpu()))
         results = quality.compute()  # collective: gathers every rank's features
         quality.reset_fake()
         if self.cas and num_classes > 0:
@@ -187,12 +197,14 @@ class Evaluation(Callback):
 
         protocol = quality.protocol(
             reference=f"{dataset}/{self.reference_split}",
-            sampler=self._sampler_settings(pl_module),
+            sampler=self._sampler_settings(trainer, pl_module),
             num_real_requested=self.num_real,
         ).as_dict()
         self.last_results, self.last_protocol = results, protocol
-        for key, value in results.items():
-            pl_module.log(f"{stage}/{key}", value, rank_zero_only=False, sync_dist=False)
+        for metric, value in results.items():
+            # the same value on every rank: the max over ranks keeps it exactly, and sync_dist keeps
+            # Lightning from warning about epoch-level values logged without it under DDP
+            pl_module.log(f"{stage}/{metric}", value, sync_dist=True, reduce_fx="max")
         if not self._protocol_logged:
             for logger in trainer.loggers:
                 logger.log_hyperparams({"evaluation_protocol": protocol})
@@ -233,12 +245,40 @@ class Evaluation(Callback):
         test_x, test_y = test_x.to(x.device), test_y.to(x.device)
         return {"cas": accuracy(on_generated, test_x, test_y), "cas_real": accuracy(on_real, test_x, test_y)}
 
-    def _metrics(self, name: str, device: torch.device) -> QualityMetrics:
-        if self._quality is None or self._quality.extractor.name != Path(name).stem:
-            self._quality = QualityMetrics(
-                get_extractor(name, self.weights_path), self.metrics, seed=self.seed
+    def _metrics(self, name: str, num_classes: int, device: torch.device) -> QualityMetrics:
+        """The metric set for extractor ``name``, conditional when the extractor knows the model's
+        classes; the extractor is loaded once and reused."""
+        old = self._quality
+        same_extractor = old is not None and old.extractor.name == Path(name).stem
+        extractor = old.extractor if same_extractor else get_extractor(name, self.weights_path)
+        classes = int(extractor.num_classes)
+        conditional = num_classes > 0 and classes == num_classes
+        if num_classes > 0 and not conditional:
+            self._tell(
+                f"Evaluation: the {extractor.name!r} extractor has {classes} classes and the model "
+                f"{num_classes}: no conditioning accuracy (give an extractor trained on the data's classes)"
             )
+        if not same_extractor or old.conditional != conditional:
+            self._quality = QualityMetrics(extractor, self.metrics, seed=self.seed, conditional=conditional)
         return self._quality.to(device)
+
+    def _data_key(self, datamodule: pl.LightningDataModule) -> Optional[dict[str, Any]]:
+        """The data module's ``identity()`` (what decides its images), the key of the real-feature
+        cache; None for a data module without one (its features are then recomputed each time)."""
+        identity = getattr(datamodule, "identity", None)
+        if callable(identity):
+            return identity()
+        self._tell(
+            f"Evaluation: {type(datamodule).__name__} has no identity() saying what decides its images, "
+            "so its real features are recomputed at every evaluation instead of cached "
+            "(see lit_genai.data.images.ImageDataModule.identity)"
+        )
+        return None
+
+    def _tell(self, message: str) -> None:
+        if message not in self._told:
+            self._told.add(message)
+            rank_zero_info(message)
 
     def _reference_loader(self, datamodule: pl.LightningDataModule) -> DataLoader:
         """An unshuffled, unaugmented loader over the reference split."""
@@ -250,24 +290,27 @@ class Evaluation(Callback):
             raise RuntimeError(f"{type(datamodule).__name__} has no {attribute} for the evaluation reference")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
 
-    def _real_features(self, loader: DataLoader, quality: QualityMetrics, dataset: str) -> Tensor:
+    def _real_features(
+        self, loader: DataLoader, quality: QualityMetrics, dataset: str, key: Optional[dict[str, Any]]
+    ) -> Tensor:
         return real_features(
             loader,
             quality.extractor,
             dataset=dataset,
             split=self.reference_split,
             num=self.num_real,
+            key=key,
+            cache=key is not None,
             cache_dir=self.cache_dir,
         )
 
-    def _sampler_settings(self, pl_module: pl.LightningModule) -> dict[str, Any]:
-        keys = ("sampler", "sampling_steps", "eta", "skip", "variance", "guidance_scale", "clip_denoised")
-        settings = {k: getattr(pl_module, k) for k in keys if hasattr(pl_module, k)}
-        settings.update(self.sampler_options, seed=self.seed, ema=_ema_active(pl_module))
+    def _sampler_settings(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """The module's ``sampling_settings()``, overridden by ``sampler_options``, with seed and EMA."""
+        settings = dict(pl_module.sampling_settings())
+        settings.update(self.sampler_options, seed=self.seed, ema=_ema_active(trainer))
         return settings
 
 
-def _ema_active(pl_module: pl.LightningModule) -> bool:
-    """Whether an EMA callback has its average swapped into the module right now."""
-    trainer = pl_module._trainer
-    return any(getattr(cb, "swapped_in", False) for cb in (trainer.callbacks if trainer else []))
+def _ema_active(trainer: pl.Trainer) -> bool:
+    """Whether one of the trainer's callbacks (the EMA callback) has its average swapped in right now."""
+    return any(getattr(callback, "swapped_in", False) is True for callback in trainer.callbacks)

@@ -1,7 +1,7 @@
 """Image LightningDataModules: bundled MNIST-5k and UCI digits, torchvision sets, image folders.
 
 Every module yields batches ``(x, y)``: ``x`` float32 in [-1, 1] of shape (B, C, H, W) and ``y``
-int64 (B,) class labels (DESIGN.md contract 2). ``sample_shape`` (C, H, W) and ``num_classes`` are
+int64 (B,) class labels (docs/architecture.md, "Batches"). ``sample_shape`` (C, H, W) and ``num_classes`` are
 set in ``__init__`` so that the CLI can link them into the model before any data is read.
 ``decode`` maps images back to uint8 pixels; ``predict_dataloader`` yields (B,) int64 sample
 indices that a model's ``predict_step`` turns into seeds and labels.
@@ -13,8 +13,12 @@ Shapes: B batch, C channels, H height, W width, N images in a data set.
 """
 
 import functools
+import hashlib
 import importlib.resources
-from typing import Literal
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -27,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
+from lit_genai.paradigm import this_rank
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -88,13 +93,47 @@ class ImageDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.random_flip and self.trainer is not None and self.trainer.training:
             x, y = batch  # (B, C, H, W), (B,)
-            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5  # (B, 1, 1, 1)
+            # this rank's slice of a world-sized draw: ranks seeded alike flip different images
+            u = this_rank(lambda n: torch.rand(n, device=x.device), x.shape[0], self.trainer)  # (B,)
+            flip = (u < 0.5)[:, None, None, None]  # (B, 1, 1, 1)
             batch = (torch.where(flip, x.flip(-1), x), y)
         return batch
 
+    # Init arguments that leave the images of the sets as they are (batching, loading, downloading,
+    # and the flip, which is applied to training batches on the device, not to the sets): not in
+    # identity().
+    _not_identity = frozenset({"batch_size", "num_workers", "predict_samples", "random_flip", "download"})
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the images of the train / val / test sets, as a JSON-able dict.
+
+        The class and every init argument but batching, loading and augmentation (``seed``, the split
+        sizes, ``val_split``, ``image_size``, ``channels``, ``labels``, ``root`` as an absolute path),
+        read from the attributes of the same names. Equal identities mean equal images, so cached
+        real features are keyed on it (``lit_genai.metrics.cache.real_features``). A subclass that
+        keeps an init argument under another name, or whose images depend on more, overrides it.
+        """
+        cls = type(self)
+        out: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}"}
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+            if name == "self" or name in self._not_identity or variadic:
+                continue
+            if not hasattr(self, name):
+                raise TypeError(
+                    f"{cls.__name__}.identity(): init argument {name!r} is not kept as an attribute; "
+                    "override identity() to say which arguments decide the images"
+                )
+            value = getattr(self, name)
+            if name == "root":
+                value = str(Path(value).expanduser().resolve())
+            out[name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        return out
+
     def decode(self, x: Tensor) -> Tensor:
-        """Images in [-1, 1] -> uint8 pixels in [0, 255], same shape."""
-        return to_uint8(x)
+        """The image medium (``lit_genai.callbacks.media``): (B, C, H, W) in [-1, 1] -> uint8 pixels
+        in [0, 255], same shape and device."""
+        return to_uint8(x.detach())
 
     def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
         if dataset is None:
@@ -326,6 +365,20 @@ def _load_image(path: str, mode: str) -> Image.Image:
         raise LitGenAIError(f"Cannot read image {path!r} ({reason}); delete or replace the file.") from err
 
 
+def _listing(root: str) -> dict[str, Any]:
+    """Number of files under ``root`` and a digest of their relative paths, sizes and modification
+    times: cheap (no file is read) and different when an image is added, removed or replaced."""
+    digest, count = hashlib.sha256(), 0
+    for folder, subfolders, files in os.walk(root, followlinks=True):  # as torchvision's ImageFolder
+        subfolders.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            count += 1
+    return {"num_files": count, "listing": digest.hexdigest()[:16]}
+
+
 def _no_label(target: int) -> int:
     return 0
 
@@ -374,6 +427,12 @@ class ImageFolder(ImageDataModule):
             ) from err
         self.sample_shape = (channels, image_size, image_size)
         self.num_classes = len(classes) if labels else 0
+
+    def identity(self) -> dict[str, Any]:
+        """``ImageDataModule.identity()`` plus the folder's listing (file count and a digest of the
+        relative paths, sizes and modification times): other images under the same root are
+        another identity."""
+        return {**super().identity(), **_listing(self.root)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

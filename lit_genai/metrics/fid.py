@@ -1,22 +1,28 @@
-"""Sample quality against real data: FID, KID, Inception Score and improved precision / recall.
+"""Sample quality against real data: FID, KID, Inception Score, improved precision / recall and
+conditioning accuracy, with the ``Protocol`` they were measured under.
 
 - FID: Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
   Equilibrium" (Fréchet distance between Gaussians fitted to the two feature sets).
 - KID: Bińkowski et al. 2018, "Demystifying MMD GANs" (unbiased MMD², cubic polynomial kernel, mean
   and std over random subsets).
 - IS: Salimans et al. 2016, "Improved Techniques for Training GANs" (exp E[KL(p(y|x) || p(y))], mean
-  ± std over 10 splits, BASELINES.md).
+  ± std over 10 splits, as in the paper's code).
 - Precision / recall: Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric for Assessing
-  Generative Models" (k-NN hyperspheres around each feature vector approximate the two manifolds).
+  Generative Models" (the maths: ``lit_genai.metrics.precision_recall``).
+- Conditioning accuracy of a class-conditional model: the share of samples the extractor's
+  classifier assigns to the class they were drawn for (``lit_genai.metrics.conditioning``).
 
-FID, KID and IS are torchmetrics' implementations; ``QualityMetrics`` feeds them features that it
+This file holds the torchmetrics wrappers and ``QualityMetrics``, which feeds them features that it
 extracts once per batch with a ``lit_genai.metrics.features.FeatureExtractor`` (name, num_features,
-num_classes, ``forward(uint8 images) -> features``, ``logits(uint8 images) -> logits``). Numbers
-from different extractors are not comparable, so the extractor's name is part of every key
-(``fid_mnist``, ``fid_inception``; DESIGN.md contract 4). Generated images are quantised to uint8
+num_classes, ``forward(uint8 images) -> features``, ``logits(uint8 images) -> logits``). The cached
+real features come from ``lit_genai.metrics.cache.real_features``; that function, the
+precision / recall functions and ``to_uint8`` are importable from here too.
+
+Numbers from different extractors are not comparable, so the extractor's name is part of every key
+(``fid_mnist``, ``fid_inception``; docs/architecture.md). Generated images are quantised to uint8
 exactly as real images are (``to_uint8``) before the extractor sees them. ``Protocol`` records what a
 number was measured on (sample counts, reference split, extractor, KID subset size after clamping,
-sampler settings), because FID moves by several points with each of them (BASELINES.md).
+sampler settings), because FID moves by several points with each of them.
 
 Distributed (DDP): torchmetrics gathers the states of every rank inside ``compute()``, which is
 therefore a collective call: every rank must call ``compute()`` (and ``set_real_features`` with the
@@ -29,28 +35,28 @@ D feature width, K classes.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import RandomSampler
 from torchmetrics import Metric
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
-from tqdm.auto import tqdm
 
 from lit_genai.data.images import to_uint8
 from lit_genai.errors import ConfigError
+from lit_genai.metrics.cache import default_cache_dir, real_features
+from lit_genai.metrics.conditioning import ConditionalAccuracy
+from lit_genai.metrics.precision_recall import covered, knn_radii, precision_recall
 
 __all__ = [
+    "METRICS",
+    "ConditionalAccuracy",
+    "MetricName",
     "Protocol",
     "QualityMetrics",
     "covered",
@@ -63,67 +69,6 @@ __all__ = [
 
 MetricName = Literal["fid", "kid", "is", "pr"]
 METRICS: tuple[MetricName, ...] = ("fid", "kid", "is", "pr")
-
-
-# ---------------------------------------------------------------------- precision / recall (pure)
-# torchmetrics (1.9) has no improved precision / recall, so it lives here, following the authors'
-# reference (github.com/kynkaat/improved-precision-and-recall-metric): pairwise Euclidean distances
-# in feature space, radius = distance to the k-th nearest neighbour (the point itself excluded),
-# a point is "covered" when it lies within the radius of at least one point of the other set.
-
-
-def knn_radii(x: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
-    """(N, D) -> (N,) distance from each row of ``x`` to its k-th nearest other row.
-
-    Computed in (chunk, chunk) blocks of ``torch.cdist`` so memory stays O(chunk²) for any N.
-    """
-    n = x.shape[0]
-    if not 1 <= k < n:
-        raise ConfigError(f"precision/recall with k={k} needs more than k feature vectors, got {n}")
-    radii = []
-    for i, rows in enumerate(x.split(chunk)):
-        best = rows.new_empty(rows.shape[0], 0)  # (b, <=k) smallest distances so far
-        for j, cols in enumerate(x.split(chunk)):
-            d = torch.cdist(rows, cols)  # (b, c)
-            if i == j:
-                d.fill_diagonal_(math.inf)  # a point is not its own neighbour
-            best = torch.cat([best, d], dim=1)  # (b, <=k + c)
-            best = best.topk(min(k, best.shape[1]), dim=1, largest=False).values  # (b, <=k)
-        radii.append(best[:, k - 1])  # (b,)
-    return torch.cat(radii)  # (N,)
-
-
-def covered(points: Tensor, centres: Tensor, radii: Tensor, chunk: int = 2048) -> Tensor:
-    """(M,) bool: whether each of ``points`` (M, D) lies within ``radii[i]`` of some ``centres[i]`` (N, D)."""
-    out = []
-    for rows in points.split(chunk):
-        inside = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)  # (b,)
-        for cols, r in zip(centres.split(chunk), radii.split(chunk), strict=True):
-            inside |= (torch.cdist(rows, cols) <= r).any(dim=1)  # (b, c) -> (b,)
-        out.append(inside)
-    return torch.cat(out)  # (M,)
-
-
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3, chunk: int = 2048) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019, eq. 1-3) of ``fake`` against ``real``.
-
-    Precision: fraction of generated vectors inside the real manifold (the union of balls around
-    each real vector with radius its k-th nearest real neighbour); recall: fraction of real vectors
-    inside the generated manifold, built the same way. The paper uses k = 3.
-
-    Args:
-        real: (N, D) real features.
-        fake: (M, D) generated features.
-        k: Neighbour whose distance sets each ball's radius.
-        chunk: Rows and columns per ``torch.cdist`` block (memory is about 4·chunk² bytes).
-
-    Returns:
-        (precision, recall), each in [0, 1].
-    """
-    real, fake = real.float(), fake.float().to(real.device)
-    precision = covered(fake, real, knn_radii(real, k, chunk), chunk).float().mean()
-    recall = covered(real, fake, knn_radii(fake, k, chunk), chunk).float().mean()
-    return float(precision), float(recall)
 
 
 # ---------------------------------------------------------------------- torchmetrics plumbing
@@ -287,16 +232,18 @@ class Protocol:
 
 
 class QualityMetrics(nn.Module):
-    """FID, KID, IS and precision / recall of generated images with one feature extractor.
+    """FID, KID, IS, precision / recall and conditioning accuracy of generated images with one
+    feature extractor.
 
     Real statistics come from ``set_real_features`` (cached features, see ``real_features``) or
-    ``update_real``; generated images from ``update_fake``. ``compute()`` returns
-    ``{"fid_<name>", "kid_<name>", "kid_<name>_std", "is_<name>", "is_<name>_std",
-    "precision_<name>", "recall_<name>"}`` (those asked for) as floats; the caller adds ``val/`` or
-    ``test/``. ``reset_fake()`` clears the generated images and keeps the real statistics, for the
-    next evaluation. The extractor runs once per batch (with IS, through its ``features_and_logits``
-    when it has one, else ``forward`` and ``logits``), under ``torch.no_grad`` and in float32 even
-    inside an autocast region.
+    ``update_real``; generated images from ``update_fake`` (with the labels they were drawn for when
+    ``conditional``). ``compute()`` returns ``{"fid_<name>", "kid_<name>", "kid_<name>_std",
+    "is_<name>", "is_<name>_std", "precision_<name>", "recall_<name>", "cond_acc_<name>"}`` (those
+    asked for) as floats; the caller adds ``val/`` or ``test/``. ``reset_fake()`` clears the
+    generated images and keeps the real statistics, for the next evaluation. The extractor runs once
+    per batch (with IS or ``conditional``, through its ``features_and_logits`` when it has one, else
+    ``forward`` and ``logits``), under ``torch.no_grad`` and in float32 even inside an autocast
+    region.
 
     KID's and IS's random subsets are drawn from a generator seeded with ``seed``, so a compute()
     is reproducible and gives the same value on every rank.
@@ -316,6 +263,9 @@ class QualityMetrics(nn.Module):
         is_splits: Splits of the generated images for the Inception Score's mean ± std.
         pr_k: Neighbour count k of precision / recall (Kynkäänniemi et al. use 3).
         seed: Seed of KID's subsets and IS's split permutation.
+        conditional: Also compute ``cond_acc_<name>``, the share of generated images whose arg-max
+            class logit is the label passed with them to ``update_fake`` (needs an extractor with
+            logits, over the same classes as the generator's labels).
     """
 
     def __init__(
@@ -327,6 +277,7 @@ class QualityMetrics(nn.Module):
         is_splits: int = 10,
         pr_k: int = 3,
         seed: int = 0,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
         unknown = [m for m in metrics if m not in METRICS]
@@ -336,6 +287,9 @@ class QualityMetrics(nn.Module):
         name, width, classes = extractor.name, int(extractor.num_features), int(extractor.num_classes)
         if "is" in self.names and classes <= 0:
             raise ConfigError(f"the {name!r} extractor has no class logits: drop 'is' from metrics")
+        if conditional and classes <= 0:
+            raise ConfigError(f"the {name!r} extractor has no class logits: it cannot score conditioning")
+        self.conditional = conditional
         self.extractor = extractor.eval().requires_grad_(False)
         self.seed = seed
         parts: dict[str, Metric] = {}
@@ -347,6 +301,8 @@ class QualityMetrics(nn.Module):
             parts["is"] = _IS(classes, is_splits)
         if "pr" in self.names:
             parts["pr"] = _PrecisionRecall(width, pr_k)
+        if conditional:
+            parts["cond_acc"] = ConditionalAccuracy()
         self.parts = nn.ModuleDict(parts)
         self.register_buffer("_anchor", torch.empty(0), persistent=False)  # follows .to(device)
         self._counts: Optional[dict[str, Any]] = None
@@ -393,20 +349,32 @@ class QualityMetrics(nn.Module):
         self._update(features.to(self.device, torch.float32), None, real=True)
 
     @torch.no_grad()
-    def update_fake(self, images: Tensor) -> None:
-        """Add generated images, uint8 (B, C, H, W) in [0, 255] (``to_uint8`` of samples); B may be 0."""
-        self._update(*self._extract(images, logits="is" in self.names), real=False)
+    def update_fake(self, images: Tensor, labels: Optional[Tensor] = None) -> None:
+        """Add generated images, uint8 (B, C, H, W) in [0, 255] (``to_uint8`` of samples); B may be 0.
+
+        ``labels`` (B,): the classes the images were generated for; needed when ``conditional``.
+        """
+        labels = self._labels(labels, images.shape[0])
+        features, logits = self._extract(images, logits="is" in self.names or self.conditional)
+        self._update(features, logits, real=False, labels=labels)
 
     @torch.no_grad()
-    def update_fake_features(self, features: Tensor, logits: Optional[Tensor] = None) -> None:
-        """Add already extracted generated features (B, D) and, for IS, logits (B, K)."""
-        if "is" in self.names and logits is None:
-            raise ConfigError("IS needs the generated images' logits: pass logits= or drop 'is' from metrics")
+    def update_fake_features(
+        self, features: Tensor, logits: Optional[Tensor] = None, labels: Optional[Tensor] = None
+    ) -> None:
+        """Add already extracted generated features (B, D) and, for IS or ``conditional``, logits (B, K)
+        (and, when ``conditional``, the labels (B,) they were generated for)."""
+        if ("is" in self.names or self.conditional) and logits is None:
+            raise ConfigError(
+                "IS and conditioning accuracy need the generated images' logits: pass logits= or drop "
+                "'is' from metrics"
+            )
+        labels = self._labels(labels, features.shape[0])
         logits = logits.to(self.device, torch.float32) if logits is not None else None
-        self._update(features.to(self.device, torch.float32), logits, real=False)
+        self._update(features.to(self.device, torch.float32), logits, real=False, labels=labels)
 
     def compute(self) -> dict[str, float]:
-        """The requested numbers as floats, keyed ``<metric>_<extractor>`` (DESIGN.md contract 4).
+        """The requested numbers as floats, keyed ``<metric>_<extractor>`` (docs/architecture.md).
 
         A collective call under DDP: every rank must call it and gets the same values.
         """
@@ -424,6 +392,8 @@ class QualityMetrics(nn.Module):
             if "pr" in self.parts:
                 precision, recall = self.parts["pr"].compute()
                 out[f"precision_{name}"], out[f"recall_{name}"] = float(precision), float(recall)
+            if "cond_acc" in self.parts:
+                out[f"cond_acc_{name}"] = float(self.parts["cond_acc"].compute())
         parts = list(self.parts.values())
         kid = self.parts["kid"] if "kid" in self.parts else None
         self._counts = {
@@ -495,140 +465,27 @@ class QualityMetrics(nn.Module):
                 class_logits = self.extractor.logits(images) if logits else None  # (B, K)
         return features.float(), class_logits.float() if class_logits is not None else None
 
-    def _update(self, features: Tensor, logits: Optional[Tensor], real: bool) -> None:
+    def _labels(self, labels: Optional[Tensor], n: int) -> Optional[Tensor]:
+        """Check the labels of ``n`` generated images: (n,) on this device, or None when not conditional."""
+        if not self.conditional:
+            return None
+        if labels is None or labels.shape != (n,):
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise ConfigError(
+                f"conditional QualityMetrics needs the (B,) labels the {n} images were generated for "
+                f"(labels=), got {got}"
+            )
+        return labels.to(self.device)
+
+    def _update(
+        self, features: Tensor, logits: Optional[Tensor], real: bool, labels: Optional[Tensor] = None
+    ) -> None:
         for key, part in self.parts.items():
             if key == "is":
                 if not real:
                     part.update(logits)
+            elif key == "cond_acc":
+                if not real:
+                    part.update(logits, labels)
             else:
                 part.update(features, real=real)
-
-
-# ---------------------------------------------------------------------- real-feature cache
-
-
-def default_cache_dir() -> Path:
-    """``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``: where ``real_features`` keeps its files."""
-    return Path(os.environ.get("LIT_GENAI_CACHE") or Path.home() / ".cache" / "lit_genai")
-
-
-def _fingerprint(extractor: nn.Module) -> str:
-    """Hash of the extractor's class and weights: a cache made with other weights under the same name
-    is recomputed instead of silently reused."""
-    digest = hashlib.sha256(type(extractor).__qualname__.encode())
-    for key, value in extractor.state_dict().items():
-        digest.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _available(data: Union[Tensor, Iterable]) -> Optional[int]:
-    """How many images ``data`` holds, or None when it cannot say without iterating."""
-    if isinstance(data, Tensor):
-        return data.shape[0]
-    dataset = getattr(data, "dataset", None)  # a DataLoader over a map-style data set
-    try:
-        return len(dataset) if dataset is not None else None
-    except TypeError:
-        return None
-
-
-def _image_batches(data: Union[Tensor, Iterable], batch_size: int) -> Iterable[Tensor]:
-    """Batches of images (B, C, H, W) from a tensor or from a loader of ``(x, y)`` / ``x`` batches."""
-    if isinstance(data, Tensor):
-        yield from data.split(batch_size)
-        return
-    for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _load_cache(path: Path, fingerprint: str, num: int, width: int) -> Optional[Tensor]:
-    if not path.is_file():
-        return None
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-        features = cache["features"]
-        valid = cache["fingerprint"] == fingerprint and tuple(features.shape) == (num, width)
-    except Exception as err:  # truncated or foreign file: the cache is disposable, recompute it
-        rank_zero_warn(f"real-feature cache {path} is unreadable ({type(err).__name__}); recomputing it")
-        return None
-    if not valid:
-        rank_zero_warn(f"real-feature cache {path} was made with other extractor weights; recomputing it")
-        return None
-    return features
-
-
-@torch.no_grad()
-def real_features(
-    data: Union[Tensor, Iterable],
-    extractor: nn.Module,
-    *,
-    dataset: str,
-    split: str,
-    num: int,
-    cache_dir: Optional[Union[str, Path]] = None,
-    progress: bool = True,
-    batch_size: int = 250,
-) -> Tensor:
-    """Features (N, D) of the first ``num`` real images, cached on disk and reused.
-
-    The file is ``<cache_dir>/<dataset>-<split>-<extractor.name>-<N>.pt`` and also stores a hash of
-    the extractor's weights; a later call with the same arguments and weights loads it without
-    running the extractor. Images in [-1, 1] are quantised with ``to_uint8`` first, exactly as
-    generated images are. When the data holds fewer than ``num`` images, all are used, a warning
-    says so, and N (hence ``Protocol.num_real``) is the smaller number.
-
-    Under DDP call it on every rank with the full (unsharded) data: each rank computes or loads the
-    same features, which ``QualityMetrics.set_real_features`` then shards.
-
-    Args:
-        data: A DataLoader of ``(x, y)`` batches (or plain ``x``) with x in [-1, 1] (B, C, H, W), as the
-            data modules yield, or a tensor (N, C, H, W) in [-1, 1] or uint8. Use an unshuffled
-            loader: "the first num images" should be the same images in every run.
-        extractor: The ``FeatureExtractor``; its ``name`` goes into the file name.
-        dataset: Data set name for the file name, e.g. ``"MNIST5k"``.
-        split: Split name for the file name, e.g. ``"train"``.
-        num: Number of images wanted (BASELINES.md: state it with every FID).
-        cache_dir: Folder of the cache files (default ``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``).
-        progress: Show a tqdm progress bar while extracting.
-        batch_size: Images per extractor call when ``data`` is a tensor.
-    """
-    available = _available(data)
-    if available is not None and available < num:
-        rank_zero_warn(
-            f"{dataset}/{split} has {available} images, fewer than num={num}: using all {available}"
-        )
-    n = num if available is None else min(num, available)
-    if isinstance(getattr(data, "sampler", None), RandomSampler):
-        rank_zero_warn("real_features got a shuffling DataLoader: the first images differ from run to run")
-    width = int(extractor.num_features)
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir())
-    path = path / f"{dataset}-{split}-{extractor.name}-{n}.pt"
-    fingerprint = _fingerprint(extractor)
-    cached = _load_cache(path, fingerprint, n, width)
-    if cached is not None:
-        return cached
-
-    extractor.eval()
-    device = next(extractor.parameters(), torch.empty(0)).device
-    chunks, count = [], 0
-    with tqdm(total=n, desc=f"real features {dataset}/{split}", unit="img", disable=not progress) as bar:
-        for x in _image_batches(data, batch_size):
-            x = x[: n - count]  # (b, C, H, W)
-            images = x if x.dtype == torch.uint8 else to_uint8(x)  # quantised as generated images are
-            with torch.autocast(device.type, enabled=False):
-                chunks.append(extractor(images.to(device)).float().cpu())  # (b, D)
-            count += x.shape[0]
-            bar.update(x.shape[0])
-            if count >= n:
-                break
-    if count < n:  # a loader whose size was unknown ran out early
-        rank_zero_warn(f"{dataset}/{split} ran out after {count} images, fewer than num={num}: using all")
-        path = path.with_name(f"{dataset}-{split}-{extractor.name}-{count}.pt")
-    features = torch.cat(chunks) if chunks else torch.zeros(0, width)  # (N, D)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may write at once; never a half file
-    torch.save({"features": features, "fingerprint": fingerprint, "extractor": extractor.name}, tmp)
-    tmp.replace(path)
-    return features

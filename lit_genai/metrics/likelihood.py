@@ -1,7 +1,8 @@
 """Likelihood metrics shared by every paradigm: bits per dimension, perplexity, Gaussian terms.
 
 Diffusion (variational bound), VAEs (ELBO / IWAE) and autoregressive models (exact NLL) all report
-through these functions, so that ``val/bpd`` means the same thing everywhere (docs/architecture.md, "Metric names").
+through these functions, so that ``val/bpd`` means the same thing everywhere (docs/architecture.md,
+"Metric names").
 
 Conventions:
     - NLLs are in nats (natural log); ``bits_per_dim`` converts: bits/dim = NLL / (D ln 2), with D
