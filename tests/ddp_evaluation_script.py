@@ -72,15 +72,16 @@ class RealDigits(LightningModule):
         n: int,
         *,
         cond: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: paradigm.Generators = None,
         ignore_labels: Optional[bool] = None,
     ) -> Tensor:
         ignore = self.ignore_labels if ignore_labels is None else ignore_labels
         if cond is not None and not ignore:
             classes = cond.cpu()
         else:
-            classes = torch.randint(0, 10, (n,), generator=generator)  # (n,)
-        pick = (torch.rand(n, generator=generator) * self.counts[classes]).long()  # (n,)
+            classes = paradigm.randint(10, n, generator, torch.device("cpu"))  # (n,)
+        uniform = torch.special.ndtr(paradigm.randn((n,), generator, torch.device("cpu")))  # (n,) in (0, 1)
+        pick = (uniform * self.counts[classes]).long()  # (n,)
         images = self.bank[self.starts[classes] + pick].to(self.device)  # (n, 1, 28, 28)
         images = images * self.scale.detach()  # (the parameter EMA averages is 1 unless trained)
         asked = cond.cpu() if cond is not None else classes

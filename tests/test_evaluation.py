@@ -81,12 +81,12 @@ def test_periodic_evaluation_during_fit(tmp_path):
     assert "val/is_mnist" not in trainer.callback_metrics  # only what was asked
 
 
-def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+def test_same_seed_same_numbers_at_any_batch_size_other_seed_other_numbers(tmp_path):
     results = []
-    for seed in (0, 0, 1):
+    for seed, batch_size in ((0, 10), (0, 7), (1, 10)):
         evaluation = Evaluation(
             num_samples=20,
-            batch_size=10,
+            batch_size=batch_size,
             num_real=50,
             metrics=("fid", "pr"),
             cache_dir=str(tmp_path),
@@ -94,7 +94,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
         )
         _test(tmp_path, RealDigits(), [evaluation])
         results.append(evaluation.last_results)
-    assert results[0] == results[1]
+    assert results[0] == results[1]  # sample i comes from seed + i, whatever the batch size
     assert results[0]["fid_mnist"] != results[2]["fid_mnist"]  # the seed picks the samples
 
 

@@ -70,7 +70,7 @@ class Evaluation(Callback):
             accuracy ``cond_acc`` comes on top, for every class-conditional model whose number of
             classes the extractor's classifier has.
         batch_size: Images generated per ``sample()`` call.
-        seed: Base seed of the generated images (rank r, batch b uses seed + 1_000_003 r + b).
+        seed: Base seed of the generated images: sample i uses the generator seed + i on any rank.
         cache_dir: Folder of cached real features (default ``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``).
         sampler_options: Extra keyword arguments for ``sample()`` (e.g. ``{steps: 50}``), recorded in
             the protocol.
@@ -174,15 +174,16 @@ class Evaluation(Callback):
             features = self._real_features(reference, quality, dataset, key)
         quality.set_real_features(features)
 
-        # This rank's share of the global sample indices [0, num_samples), with its own seeds.
+        # This rank's share of the global sample indices [0, num_samples); sample i is drawn from the
+        # generator seed + i (as in predict), so the numbers do not depend on world or batch size.
         rank, world = trainer.global_rank, trainer.world_size
         per_rank = math.ceil(self.num_samples / world)
         first, last = min(rank * per_rank, self.num_samples), min((rank + 1) * per_rank, self.num_samples)
         batches = range(first, last, self.batch_size)
         kept: list[tuple[Tensor, Tensor]] = []  # (uint8 images, labels) for CAS
-        for b, start in enumerate(tqdm(batches, desc=f"Evaluation ({name})", disable=rank != 0, leave=False)):
+        for start in tqdm(batches, desc=f"Evaluation ({name})", disable=rank != 0, leave=False):
             n = min(self.batch_size, last - start)
-            generator = torch.Generator().manual_seed(self.seed + 1_000_003 * rank + b)
+            generator = paradigm.sample_generators(self.seed, range(start, start + n))
             cond = None
             if num_classes > 0:  # balanced classes over the global sample index
                 cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
