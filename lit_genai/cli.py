@@ -14,17 +14,33 @@ Defaults that every experiment shares live here, so experiment files hold only t
 - top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation`` and ``rng`` configure the
   callbacks of the same name (e.g. ``--ema.decay 0.999``, ``--evaluation.num_samples 10000``); add
   others, e.g. EarlyStopping, under ``trainer.callbacks``;
-- data-derived values (``sample_shape``, ``num_classes``) are linked from ``data`` into ``model``.
+- what the model must know about the data is linked from ``data`` into ``model``: each of
+  ``sample_shape``, ``vocab_size``, ``block_size`` and ``num_classes`` that the data module has and
+  the model's ``__init__`` accepts (``docs/architecture.md``, "Data and model"), so nobody types it
+  twice and a token model needs no ``sample_shape``. The data's value is the one used; a value
+  set for the model (in a config, on the command line or by a checkpoint) that differs from both
+  the data's and the model's default stops the run with one line naming both.
+
+Bad input ends in one line and a non-zero exit (``docs/architecture.md``, "Errors"): a parser error
+(missing config file, wrong type, unknown class path, unknown key) prints ``lit-genai: error: ...``
+and a pointer to ``--help`` (exit 2, as argparse); a ``LitGenAIError`` (a missing or corrupt
+``--ckpt_path`` file, a network that does not fit the data, ...) prints ``lit-genai: error: ...``
+(exit 1).
 """
 
 from __future__ import annotations
 
+import inspect
 import netrc
 import os
+import pickle
+import re
 import sys
+import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -34,9 +50,12 @@ from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.callbacks.lr_monitor import LearningRateLogger
 from lit_genai.callbacks.rng import RNGState
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
-from lit_genai.errors import LitGenAIError
+from lit_genai.errors import ConfigError, LitGenAIError
 
 DEFAULT_RUNS_DIR = "runs"
+
+# Data-module attributes linked into the model's init argument of the same name, when both exist.
+LINKED_FROM_DATA = ("sample_shape", "vocab_size", "block_size", "num_classes")
 
 
 def wandb_logged_in() -> bool:
@@ -72,8 +91,163 @@ class ConfigSaver(SaveConfigCallback):
             logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
 
 
+# jsonargparse's explanation of a failed value: which lines only say how it searched.
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes: ",
+    "Errors:",
+    "Given value type: ",
+    "Given value: ",
+    "Expected a <class 'NoneType'>",
+)
+_NOT_A_PATH = re.compile(r"Expected a path but .* either not accessible or invalid")
+_KEY_LINE = re.compile(r'Parser key "([^"]+)":(.*)')
+_CLASS_LINE = re.compile(r"Problem with given class_path '([^']+)':(.*)")
+_IMPORT_FAILED = re.compile(r"module '[^']+' has no attribute|No module named|No module or class|not found")
+_MAX_MESSAGE = 300
+
+
+def short_parser_error(message: str) -> str:
+    """jsonargparse's error ``message`` (often a tree of why each candidate type failed) in one line.
+
+    Keeps the key path and the innermost reason, e.g. ``model.net: import path 'lit_genai.nn.Unet'
+    not found (module 'lit_genai.nn' has no attribute 'Unet')`` or ``trainer.max_epochs: expected
+    int, given abc``.
+    """
+    lines = [line for line in message.splitlines() if line.strip()]
+    given = next((ln.split("Given value: ", 1)[1] for ln in reversed(lines) if "Given value: " in ln), None)
+    context: list[tuple[int, str, str]] = []  # (indent, "key" | "class", name) enclosing the line
+    leaf = None
+    for line in lines:
+        text, indent = line.strip(), len(line) - len(line.lstrip())
+        text = text[2:] if text.startswith("- ") else text  # "- ": one of several candidates' reasons
+        while context and context[-1][0] >= indent:
+            context.pop()
+        for kind, pattern in (("key", _KEY_LINE), ("class", _CLASS_LINE)):
+            match = pattern.fullmatch(text)
+            if match:
+                context.append((indent, kind, match[1]))
+                text = match[2].strip()  # a reason on the same line: 'Parser key "config": File ...'
+                break
+        if text and not text.startswith(_NOISE) and not _NOT_A_PATH.fullmatch(text):
+            leaf = text
+            break
+    if leaf is None:
+        return _clip(" ".join(line.strip() for line in lines[:2]))
+    keys = ".".join(name for _, kind, name in context if kind == "key")
+    classes = [name for _, kind, name in context if kind == "class"]
+    leaf = re.sub(r"<class '([\w.]+)'>", r"\1", leaf).replace("Expected a ", "expected ")
+    leaf = leaf.replace(". Got value: ", ", given ")
+    if classes and _IMPORT_FAILED.search(leaf):
+        reason = f"import path '{classes[-1]}' not found ({leaf})"
+    elif given and given not in leaf and not given.startswith(("NestedArg(", "{", "Namespace(")):
+        reason = f"{leaf}, given {given}"
+    else:
+        reason = leaf
+    return _clip(f"{keys}: {reason}" if keys else reason)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+class LitGenAIParser(LightningArgumentParser):
+    """A parser whose errors are two lines (the reason and where help is), not the whole usage."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if (
+            not self.exit_on_error
+            or os.environ.get("JSONARGPARSE_DEBUG")
+            or callable(getattr(self, "_error_handler", None))
+        ):
+            super().error(message, ex)  # raises: a parser used inside another, or debugging
+        self._logger.error(message)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = " ".join(["lit-genai", *parser.prog.replace(" [options]", "").split()[1:]])
+        sys.stderr.write(f"lit-genai: error: {short_parser_error(message)}\n")
+        sys.stderr.write(f"Run '{command} --help' for the options.\n")
+        self.exit(2)
+
+
+# ---------------------------------------------------------------------- --ckpt_path checks
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_checkpoint(path: str, *, weights_only: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Open ``path`` as a Lightning checkpoint cheaply, or raise one ``LitGenAIError`` line saying why not.
+
+    The tensors are memory-mapped, not read (``mmap=True``), so this costs the pickled metadata
+    only. Raised for: a missing file, a file that is not a zip archive (what ``torch.save`` writes),
+    a truncated or corrupt one (an interrupted save), objects ``weights_only`` loading refuses, a
+    torch file without ``state_dict`` (e.g. a plain state dict) and, with ``resume`` (``fit``), a
+    checkpoint without optimiser states (saved with ``save_weights_only``). Returns the checkpoint.
+    """
+    where = f"--ckpt_path {path}"
+    file = Path(path)
+    if not file.exists():
+        raise LitGenAIError(f"{where}: no such file; pass a checkpoint path or --ckpt_path last")
+    with open(file, "rb") as f:
+        magic = f.read(len(_ZIP_MAGIC))
+    if not zipfile.is_zipfile(file):
+        if magic == _ZIP_MAGIC:
+            raise LitGenAIError(
+                f"{where}: truncated or corrupt checkpoint (its zip directory is missing; an interrupted "
+                "save?): pass another checkpoint, e.g. an earlier or best one"
+            )
+        raise LitGenAIError(f"{where}: not a checkpoint (not the zip archive torch.save writes)")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=weights_only, mmap=True)
+    except pickle.UnpicklingError as error:
+        if weights_only and "Weights only load failed" in str(error):
+            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f" ({refused[1]})" if refused else ""
+            raise LitGenAIError(
+                f"{where}: holds objects that safe loading refuses{what}; only if you trust the file, "
+                "pass --weights_only false"
+            ) from None
+        raise LitGenAIError(f"{where}: corrupt checkpoint ({_first_line(error)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise LitGenAIError(f"{where}: corrupt checkpoint ({_first_line(error)})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        keys = list(checkpoint)[:4] if isinstance(checkpoint, dict) else []
+        holds = f"keys {', '.join(map(str, keys))}" if keys else type(checkpoint).__name__
+        raise LitGenAIError(
+            f"{where}: a torch file, not a Lightning checkpoint (no 'state_dict' key; it holds {holds}): "
+            "pass a checkpoint saved by lit-genai fit, not a plain state dict"
+        )
+    if resume and "optimizer_states" not in checkpoint:
+        raise LitGenAIError(
+            f"{where}: holds the weights only (saved with save_weights_only), so fit cannot resume from "
+            "it: use it with test or predict, or pass a full checkpoint"
+        )
+    return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return _clip(lines[0]) if lines else type(error).__name__
+
+
+def _is_checkpoint_file(ckpt_path: Optional[str]) -> bool:
+    """Whether ``--ckpt_path`` names a local file to check (not a name Lightning resolves, a URL or a
+    folder of a sharded checkpoint)."""
+    if not ckpt_path:
+        return False
+    text = str(ckpt_path)
+    if text in ("last", "best", "hpc") or text.lower().split(":", 1)[0] == "registry" or "://" in text:
+        return False
+    return not Path(text).is_dir()
+
+
 class LitGenAICLI(LightningCLI):
-    """LightningCLI with lit_genai's links, callback groups and run-folder defaults."""
+    """LightningCLI with lit_genai's links, callback groups and run-folder defaults.
+
+    Data values are linked into the model (``LINKED_FROM_DATA``) with jsonargparse instantiation
+    links, which skip a link when the data module lacks the attribute or the model's ``__init__``
+    lacks the argument; the data's value wins, and a different one set for the model is a
+    ``ConfigError`` (checked right after instantiation, before anything runs).
+    """
 
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
         trainer_defaults = {
@@ -93,12 +267,13 @@ class LitGenAICLI(LightningCLI):
             trainer_defaults=trainer_defaults,
             auto_configure_optimizers=False,
             args=args,
-            **kwargs,
+            **{"parser_class": LitGenAIParser, **kwargs},
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.sample_shape", "model.init_args.sample_shape", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        for name in LINKED_FROM_DATA:
+            # Skipped by jsonargparse when the data lacks the attribute or the model the argument.
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(SampleWriter, "writer")
@@ -115,6 +290,34 @@ class LitGenAICLI(LightningCLI):
                 "checkpoint.enable_version_counter": False,  # last.ckpt is always the newest
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Check the ``--ckpt_path`` file (one line per problem) before Lightning reads it.
+
+        Lightning's version of this hook reads the checkpoint's hyperparameters into the config with
+        ``weights_only=True`` whatever ``--weights_only`` says; this one checks the file first and
+        honours ``--weights_only false``, then merges the hyperparameters as Lightning does.
+        ``--ckpt_path last`` is resolved and checked later, in ``before_instantiate_classes``.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if not _is_checkpoint_file(config.get("ckpt_path")):
+            return
+        trusted = config.get("weights_only") is False
+        checkpoint = check_checkpoint(config.ckpt_path, weights_only=not trusted, resume=subcommand == "fit")
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"lit-genai: the hyperparameters in {config.ckpt_path} do not parse\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Fill in the per-experiment run folder and point the logger and checkpoints into it."""
@@ -135,10 +338,43 @@ class LitGenAICLI(LightningCLI):
                 # W&B: the run's display name; TensorBoard/CSV: a subfolder of the run folder.
                 kind = logger.class_path.rsplit(".", 1)[-1]
                 init_args.name = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv"}.get(kind, name)
-        if config.get("ckpt_path") == "last":
-            config.ckpt_path = _find_last_checkpoint(config.checkpoint.dirpath)
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # checkpoints hold tensors and plain values only: load them safely
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = _find_last_checkpoint(config.checkpoint.dirpath)
+            safe = config.get("weights_only", True) is not False
+            check_checkpoint(config.ckpt_path, weights_only=safe, resume=self.subcommand == "fit")
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, then refuse model values that the data's links overrode."""
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _check_linked_values(config.model, self.model, self.datamodule, config.get("ckpt_path"))
+
+
+def _check_linked_values(model_config: Any, model: Any, datamodule: Any, ckpt_path: Any = None) -> None:
+    """Raise a ``ConfigError`` when the model was given a value of a linked name that the data's
+    value replaced (a value equal to the ``__init__`` default counts as not given). With a
+    checkpoint the value may be the checkpoint's: its model was trained on other data."""
+    init_args = getattr(model_config, "init_args", None)
+    if datamodule is None or init_args is None:
+        return
+    parameters = inspect.signature(type(model).__init__).parameters
+    for name in LINKED_FROM_DATA:
+        if name not in init_args or name not in parameters or not hasattr(datamodule, name):
+            continue
+        given, data = _plain(init_args[name]), _plain(getattr(datamodule, name))
+        if given != data and given != _plain(parameters[name].default):
+            hint = f" (if the checkpoint {ckpt_path} set it, use its training data)" if ckpt_path else ""
+            raise ConfigError(
+                f"model.init_args.{name}={given} but the data ({type(datamodule).__name__}) has "
+                f"{name}={data}: remove model.init_args.{name}, the command line links it from the data{hint}"
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Lists for tuples (YAML gives lists, data modules tuples), so equal shapes compare equal."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _find_last_checkpoint(dirpath: str) -> str:

@@ -1,7 +1,9 @@
 """The `lit-genai` command line, run in-process on the real demo config with tiny overrides."""
 
 import glob
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -46,9 +48,13 @@ def tiny(tmp_path):
 
 
 def _run(args):
-    """Run the CLI in-process; return the exit code (0 when it returned normally)."""
+    """Run the CLI in-process as ``lit-genai <args>``; return the exit code (0 when it returned normally).
+
+    ``sys.argv`` is pytest's otherwise, and LightningCLI warns on stderr when it and ``args`` both exist.
+    """
     try:
-        main(args)
+        with mock.patch.object(sys, "argv", ["lit-genai"]):
+            main(args)
     except SystemExit as exit:
         return exit.code
     return 0
@@ -188,3 +194,128 @@ def test_python_dash_m_and_the_console_script_exist():
 
 def test_fit_without_a_logger(tiny):
     assert _run(["fit", *tiny, "--trainer.logger", "false"]) == 0
+
+
+# ---------------------------------------------------------------------- links from the data
+
+TOKEN = ["--model", "toys.TokenToyModel", "--data", "toys.TokenToyData"]
+
+
+@pytest.fixture()
+def token(tmp_path):
+    """CLI arguments of a tiny token-model run (tests/toys.py) in ``tmp_path / "run"``."""
+    path = tmp_path / "token.yaml"
+    path.write_text(
+        yaml.safe_dump({"trainer": {**TINY_CLI_TRAINER, "default_root_dir": str(tmp_path / "run")}})
+    )
+    return [*TOKEN, "--config", str(path)]
+
+
+def test_a_token_model_gets_vocab_block_and_classes_from_the_data(token, tmp_path):
+    # The toy model's defaults (4, 4, 0) differ from the data's (11, 5, 3); with block_size unlinked
+    # its loss refuses the data's 5-token sequences, with vocab_size unlinked the targets are out of range.
+    assert _run(["fit", *token]) == 0
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    hparams = checkpoint["hyper_parameters"]
+    assert (hparams["vocab_size"], hparams["block_size"], hparams["num_classes"]) == (11, 5, 3)
+    assert "sample_shape" not in hparams
+
+
+def test_an_image_model_still_gets_sample_shape_and_num_classes(tmp_path):
+    cli = LitGenAICLI(args=["--config", DEMO, "--trainer.default_root_dir", str(tmp_path)], run=False)
+    assert cli.model.hparams["sample_shape"] == (1, 28, 28) == cli.datamodule.sample_shape
+    assert cli.model.hparams["num_classes"] == 10 == cli.datamodule.num_classes
+    assert not hasattr(cli.datamodule, "vocab_size")
+
+
+def test_a_model_value_that_the_data_overrides_is_one_clear_error(token, capsys):
+    assert _run(["fit", *token, "--model.num_classes", "7"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "lit-genai: error: model.init_args.num_classes=7 but the data (TokenToyData) has num_classes=3: "
+        "remove model.init_args.num_classes, the command line links it from the data"
+    )
+
+
+# ---------------------------------------------------------------------- --ckpt_path checks
+
+
+@pytest.fixture()
+def token_run(token, tmp_path):
+    """A finished tiny token run: (its CLI arguments, its last.ckpt)."""
+    assert _run(["fit", *token]) == 0
+    return token, tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+
+def _truncated(good, path):
+    path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+
+def _unsafe(good, path):  # a checkpoint holding an object weights_only loading refuses
+    import argparse
+
+    checkpoint = torch.load(good, weights_only=True)
+    checkpoint["extra"] = argparse.Namespace(note="pickled object")
+    torch.save(checkpoint, path)
+
+
+BAD_CHECKPOINTS = {
+    "missing": (lambda good, path: None, "no such file"),
+    "truncated": (_truncated, "truncated or corrupt checkpoint"),
+    "text": (lambda good, path: path.write_text("not a checkpoint\n"), "not a checkpoint"),
+    "state_dict": (
+        lambda good, path: torch.save({"w": torch.zeros(2)}, path),
+        "not a Lightning checkpoint (no 'state_dict' key; it holds keys w)",
+    ),
+    "unsafe": (_unsafe, "only if you trust the file, pass --weights_only false"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+def test_a_bad_checkpoint_is_one_clear_error_and_the_good_one_is_kept(kind, token_run, tmp_path, capsys):
+    token, good = token_run
+    make, problem = BAD_CHECKPOINTS[kind]
+    bad = tmp_path / f"{kind}.ckpt"
+    make(good, bad)
+    before = good.read_bytes()
+    capsys.readouterr()
+    assert _run(["fit", *token, "--ckpt_path", str(bad), "--trainer.max_steps", "6"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lit-genai: error: --ckpt_path {bad}: ")
+    assert problem in err[0]
+    assert good.read_bytes() == before  # nothing wrote over the run's checkpoint
+
+
+def test_a_good_checkpoint_resumes_and_a_trusted_unsafe_one_loads(token_run, tmp_path):
+    token, good = token_run
+    assert _run(["fit", *token, "--ckpt_path", str(good), "--trainer.max_steps", "6"]) == 0
+    assert torch.load(good, weights_only=True)["global_step"] == 6
+    unsafe = tmp_path / "unsafe.ckpt"
+    _unsafe(good, unsafe)
+    assert _run(["validate", *token, "--ckpt_path", str(unsafe), "--weights_only", "false"]) == 0
+
+
+# ---------------------------------------------------------------------- parser errors
+
+
+@pytest.mark.parametrize(
+    "args, facts",
+    [
+        (["--config", "no_such_config.yaml"], ["no_such_config.yaml", "does not exist"]),
+        (["--config", DEMO, "--trainer.max_epochs", "abc"], ["trainer.max_epochs", "abc"]),
+        (
+            ["--config", DEMO, "--model.net", "lit_genai.nn.Unet"],
+            ["import path 'lit_genai.nn.Unet' not found"],
+        ),
+    ],
+    ids=["missing-config", "wrong-type", "unknown-class-path"],
+)
+def test_a_parser_error_is_short_and_says_what_is_wrong(args, facts, capsys):
+    assert _run(["fit", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3, err
+    assert err[0].startswith("lit-genai: error: ")
+    for fact in facts:
+        assert fact in err[0]
+    assert err[-1] == "Run 'lit-genai fit --help' for the options."
