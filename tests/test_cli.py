@@ -116,7 +116,12 @@ def test_predict_writes_pngs_and_a_grid(tiny, tmp_path):
 def test_wandb_offline_run_holds_the_logged_images(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert _run(["fit", *tiny, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger"]) == 0
+    import wandb
+
+    try:
+        assert _run(["fit", *tiny, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger"]) == 0
+    finally:
+        wandb.finish()  # close the run, or the next WandbLogger in this process would reuse it
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("files/media/images/samples_*.png")), "no sample image in the W&B run folder"

@@ -210,6 +210,7 @@ def test_wandb_offline_run_holds_image_audio_and_text_media(tmp_path, monkeypatc
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     import wandb
 
+    wandb.finish()  # WandbLogger reuses a run still open from an earlier test; start a fresh one
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="lit-genai-test")
     trainer = quiet_trainer(tmp_path, logger=logger)
     texts = ["the cat sat", "a dog ran"]
