@@ -23,7 +23,10 @@ def _count(model: nn.Module) -> int:
 def _perturb_class_tables(model: nn.Module) -> nn.Module:
     """Conditional batch norm starts at gain 1, bias 0 for every class; give classes distinct values."""
     for m in model.modules():
-        if isinstance(m, ConditionalBatchNorm2d) and m.num_classes > 0:
+        if isinstance(m, ConditionalBatchNorm2d) and m.embed is not None:  # gain 1 + W_g e_y, bias W_b e_y
+            nn.init.normal_(m.gain.weight, 0.0, 0.3 / m.embed_dim**0.5)
+            nn.init.normal_(m.bias.weight, 0.0, 0.3 / m.embed_dim**0.5)
+        elif isinstance(m, ConditionalBatchNorm2d) and m.num_classes > 0:  # per-class tables
             nn.init.normal_(m.gain.weight, 1.0, 0.3)
             nn.init.normal_(m.bias.weight, 0.0, 0.3)
     return model
@@ -64,6 +67,7 @@ def test_shapes_range_and_attributes(kind, image_size, channels, num_classes):
 @pytest.mark.parametrize("kind", ["dcgan", "resnet"])
 def test_every_parameter_is_trained_through_the_adversarial_game(kind):
     G, D = _nets(kind, 32, 3, num_classes=10)
+    G = _perturb_class_tables(G)  # zero class projections would give the class embedding no gradient yet
     y = torch.tensor([1, 2, 3])
     D(G(torch.randn(3, 16), y), y).sum().backward()
     for name, p in [*G.named_parameters(), *D.named_parameters()]:
@@ -166,11 +170,66 @@ def test_dcgan_init_statistics():
     weights = torch.cat([_raw_weight(m).detach().flatten() for m in convs])
     assert weights.mean().abs() < 1e-3
     assert weights.std().item() == pytest.approx(0.02, rel=0.02)  # N(0, 0.02), Radford et al. sec. 4
-    class_gains = [m.gain.weight for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    table_G = DCGANGenerator(num_classes=10, class_embed_dim=0)  # per-class tables
+    class_gains = [m.gain.weight for m in table_G.modules() if isinstance(m, ConditionalBatchNorm2d)]
     bn_gains = [m.weight for m in D.modules() if isinstance(m, nn.BatchNorm2d)]
     gains = torch.cat([g.detach().flatten() for g in class_gains + bn_gains])
     assert gains.mean().item() == pytest.approx(1.0, abs=2e-3)
     assert gains.std().item() == pytest.approx(0.02, rel=0.1)  # N(1, 0.02)
+
+
+def test_dcgan_conditional_batch_norm_starts_at_gain_1_bias_0_after_dcgan_init():
+    # dcgan_init_ visits the class embedding and projections (Embedding / Linear -> N(0, 0.02))
+    # before their ConditionalBatchNorm2d; the layer's own rule must win: every class gain 1, bias 0.
+    G = DCGANGenerator(latent_dim=16, out_channels=1, image_size=28, num_classes=10, **SMALL_DCGAN)
+    for m in G.norms:
+        gain, bias = m.class_affine(torch.arange(10))  # (K, C) each
+        torch.testing.assert_close(gain, torch.ones_like(gain))
+        torch.testing.assert_close(bias, torch.zeros_like(bias))
+        assert m.embed.weight.std().item() == pytest.approx(1.0, rel=0.2)  # N(0, 1), not N(0, 0.02)
+
+
+@pytest.mark.parametrize("class_input", [False, True])
+def test_dcgan_one_hot_input_lets_the_label_set_a_layout_from_the_start(class_input):
+    # Conditional BN starts class-blind (gain 1, bias 0) and only rescales whole channels of the
+    # bias-free first layer; the one-hot label concatenated to z has its own first-layer weights.
+    G = DCGANGenerator(latent_dim=16, out_channels=1, image_size=28, num_classes=10,
+                       class_input=class_input, **SMALL_DCGAN).eval()  # fmt: skip
+    z = torch.randn(1, 16).expand(2, -1)
+    with torch.no_grad():
+        a, b = G(z, torch.tensor([0, 5])).unbind(0)
+    assert (not torch.allclose(a, b)) if class_input else torch.equal(a, b)
+    assert G.convs[0].in_channels == 16 + (10 if class_input else 0)
+
+
+@pytest.mark.parametrize("class_embed_dim, fast", [(0, False), (128, True)])
+def test_dcgan_class_gains_can_outpace_adams_per_step_bound(class_embed_dim, fast):
+    # The cause of the class-blind conditional DCGAN on MNIST: Adam moves each parameter by about lr
+    # per step at most while its gradient keeps its sign (Kingma & Ba 2015, sec. 2.1), so per-class
+    # gain / bias tables need ~1 / lr = 5,000 steps at lr 2e-4 to change a class's gain by 1 -- the
+    # demo's whole run. A gain computed from a class embedding, 1 + W_g e_y, sums E such moves.
+    torch.manual_seed(0)
+    G = DCGANGenerator(latent_dim=16, out_channels=1, image_size=28, num_classes=10,
+                       class_embed_dim=class_embed_dim, class_input=False, **SMALL_DCGAN)  # fmt: skip
+    lr, steps = 2e-4, 20
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
+    z, y = torch.randn(20, 16), torch.arange(20) % 2
+    target = torch.where(y == 0, 1.0, -1.0)[:, None, None, None]  # class 0 bright, class 1 dark
+    norm, classes = G.norms[-1], torch.tensor([0, 1])
+    with torch.no_grad():
+        start = norm.class_affine(classes)  # gain, bias: (2, C) each
+    for _ in range(steps):
+        opt.zero_grad()
+        ((G(z, y) - target) ** 2).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        moved = [
+            after - before for after, before in zip(norm.class_affine(classes), start, strict=True)
+        ]  # (2, C) each
+    spread = max((d[0] - d[1]).abs().max().item() for d in moved)  # how far the classes moved apart
+    table_pace = 2 * steps * lr  # two table entries moving apart by about lr per step each
+    # measured: tables 1.3 x table_pace, embedding 95 x
+    assert (spread > 20 * table_pace) if fast else (spread < 2 * table_pace), spread / table_pace
 
 
 def test_resnet_sum_pooling_is_64_times_mean_pooling_at_32x32():

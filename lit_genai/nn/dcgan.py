@@ -11,8 +11,11 @@ example). The 64x64 layout is the paper's (Fig. 1) and the PyTorch example's: 3,
 7x7 instead of 4x4.
 
 Class conditioning (``num_classes > 0``): conditional batch norm in the generator (de Vries et al.
-2017), and a projection discriminator (Miyato & Koyama 2018): logit = psi(phi(x)) +
-<embed(y), sum_HW phi(x)>, with phi(x) the last feature map and psi the final convolution.
+2017) whose gains and biases are linear maps of a 128-d class embedding (BigGAN's form, Brock et
+al. 2019), the one-hot label concatenated to z (Radford et al.'s conditional MNIST DCGAN), and a
+projection discriminator (Miyato & Koyama 2018): logit = psi(phi(x)) + <embed(y), sum_HW phi(x)>,
+with phi(x) the last feature map and psi the final convolution. With per-class batch-norm tables
+alone the generator stayed nearly class-blind on MNIST (see ``DCGANGenerator``).
 
 Shape legend: B batch, C image channels, H = W = image_size, Z latent_dim, F base_channels,
 s0 start size (7 for 28x28, 4 otherwise), K number of classes.
@@ -21,6 +24,7 @@ s0 start size (7 for 28x28, 4 otherwise), K number of classes.
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
@@ -44,9 +48,10 @@ def dcgan_init_(module: nn.Module) -> None:
     """DCGAN initialisation (Radford et al. 2016, sec. 4), for ``model.apply(dcgan_init_)``.
 
     Conv, ConvTranspose, Linear and Embedding weights ~ N(0, 0.02), biases 0; batch-norm gains
-    ~ N(1, 0.02), biases 0 (also the per-class gains and biases of ``ConditionalBatchNorm2d``).
-    ``Module.apply`` visits children first, so the conditional batch norm's rule wins over the
-    Embedding rule for its own tables.
+    ~ N(1, 0.02), biases 0 (also the per-class gain and bias tables of ``ConditionalBatchNorm2d``;
+    with a class embedding, ``embed_dim > 0``, its own init: embedding N(0, 1), projections 0, i.e.
+    gain 1 and bias 0 for every class). ``Module.apply`` visits children first, so the conditional
+    batch norm's rule wins over the Embedding / Linear rule for its own parameters.
     """
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, 0.0, 0.02)
@@ -55,6 +60,8 @@ def dcgan_init_(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, ConditionalBatchNorm2d) and module.embed is not None:
+        module.reset_class_parameters()
     elif isinstance(module, ConditionalBatchNorm2d) and module.num_classes > 0:
         nn.init.normal_(module.gain.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias.weight)
@@ -73,6 +80,27 @@ class DCGANGenerator(nn.Module):
         image_size: Output height and width: 28, 32 or 64.
         base_channels: Width F of the last hidden layer; each layer before it doubles it.
         num_classes: Number of classes for conditional batch norm; 0 for an unconditional generator.
+        class_embed_dim: Size E of the class embedding from which each conditional batch norm
+            computes its gains and biases (gain_y = 1 + W_g e_y, bias_y = W_b e_y; BigGAN uses
+            E = 128); 0 = per-class gain and bias tables, as Miyato & Koyama 2018. Ignored when
+            unconditional. Why: Adam moves each parameter by about lr per step at most while its
+            gradient keeps its sign (Kingma & Ba 2015, sec. 2.1), and a table entry alone sets one
+            class's gain of one channel. On MNIST (dcgan_mnist.yaml with 10 classes, lr 2e-4)
+            the tables' class spread after 1,890 generator steps was 0.35 at most (lr x steps =
+            0.38) while the projection discriminator already ranked the true class first for
+            85% of real digits; the samples matched their class 18% of the time (EMA). Through
+            the embedding, an offset sums E such moves.
+        class_input: Also feed the class to the first layer: z is concatenated with the one-hot
+            label, as in conditional GANs (Mirza & Osindero 2014) and Radford et al.'s conditional
+            MNIST DCGAN (dcgan_code, mnist/train_cond_dcgan.py: ``Z = T.concatenate([Z, Y])``).
+            Why: conditional batch norm only scales and shifts whole channels, and the first
+            layer, a bias-free ConvTranspose of z, is odd in z, so it cannot draw a z-independent
+            class layout at s0 x s0; the one-hot label's weights in that layer can. (A 128-d
+            N(0, 1) class embedding in place of the one-hot label outweighed z: every class
+            collapsed to one image within 945 generator steps.)
+            Measured on MNIST at 1,260 generator steps (cond_acc, EMA): tables only 0.15,
+            embedding 0.29, one-hot input 0.44, both (the defaults) 0.47; both reach 0.90 at
+            3,780 steps and 0.98 at 5,670 (experiments/gan/dcgan_mnist_cond.yaml).
     """
 
     def __init__(
@@ -82,17 +110,22 @@ class DCGANGenerator(nn.Module):
         image_size: ImageSize = 32,
         base_channels: int = 64,
         num_classes: int = 0,
+        class_embed_dim: int = 128,
+        class_input: bool = True,
     ) -> None:
         super().__init__()
         s0, n_up = _layout("DCGANGenerator", image_size)
         self.latent_dim, self.out_channels, self.image_size = latent_dim, out_channels, image_size
         self.num_classes = num_classes
         widths = [base_channels * 2 ** (n_up - 1 - i) for i in range(n_up)]  # e.g. [512, 256, 128, 64]
-        self.convs = nn.ModuleList([nn.ConvTranspose2d(latent_dim, widths[0], s0, 1, 0, bias=False)])
-        self.norms = nn.ModuleList([ConditionalBatchNorm2d(widths[0], num_classes)])
+        E = class_embed_dim if num_classes > 0 else 0
+        self.class_input = class_input and num_classes > 0
+        z_in = latent_dim + (num_classes if self.class_input else 0)
+        self.convs = nn.ModuleList([nn.ConvTranspose2d(z_in, widths[0], s0, 1, 0, bias=False)])
+        self.norms = nn.ModuleList([ConditionalBatchNorm2d(widths[0], num_classes, embed_dim=E)])
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             self.convs.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False))
-            self.norms.append(ConditionalBatchNorm2d(c_out, num_classes))
+            self.norms.append(ConditionalBatchNorm2d(c_out, num_classes, embed_dim=E))
         self.conv_out = nn.ConvTranspose2d(widths[-1], out_channels, 4, 2, 1, bias=False)
         self.apply(dcgan_init_)
 
@@ -101,7 +134,9 @@ class DCGANGenerator(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"DCGANGenerator: z must be (B, {self.latent_dim}), got {tuple(z.shape)}")
         check_labels("DCGANGenerator", self.num_classes, y, z.shape[0])
-        h = z[:, :, None, None]  # (B, Z, 1, 1)
+        if self.class_input:
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)  # (B, Z + K)
+        h = z[:, :, None, None]  # (B, Z [+ K], 1, 1)
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = torch.relu(norm(conv(h), y))  # (B, F 2^k, s0 2^i, s0 2^i)
         return torch.tanh(self.conv_out(h))  # (B, C, H, W)
