@@ -4,22 +4,28 @@
     lit-genai fit      --config experiments/diffusion/mnist.yaml --ckpt_path last     # resume
     lit-genai test     --config experiments/diffusion/mnist.yaml --ckpt_path last
     lit-genai predict  --config experiments/diffusion/mnist.yaml --ckpt_path last --model.sampling_steps 50
+    lit-genai robustness --config experiments/eval/mnist_classifier.yaml --ckpt_path last --eps "[0,0.1,0.3]"
 
 Defaults that every experiment shares live here, so experiment files hold only the experiment:
 - the run folder ``runs/<paradigm>-<config name>/`` (``trainer.default_root_dir``) holds
   ``checkpoints/`` (last + best on ``val/loss``), ``samples/`` (grids during fit), ``predictions/``,
-  the resolved ``config.yaml`` and the logger's files;
+  the resolved ``config.yaml``, ``robustness/`` (``lit-genai robustness``) and the logger's files;
 - W&B is the logger, offline unless you are logged in (``wandb login``), so ``wandb sync`` can
   upload the run later;
-- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation`` and ``rng`` configure the
-  callbacks of the same name (e.g. ``--ema.decay 0.999``, ``--evaluation.num_samples 10000``); add
-  others, e.g. EarlyStopping, under ``trainer.callbacks``;
+- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation``, ``latents`` and ``rng``
+  configure the callbacks of the same name (e.g. ``--ema.decay 0.999``,
+  ``--evaluation.num_samples 10000``); add others, e.g. EarlyStopping, under ``trainer.callbacks``;
 - what the model must know about the data is linked from ``data`` into ``model``: each of
   ``sample_shape``, ``vocab_size``, ``block_size`` and ``num_classes`` that the data module has and
   the model's ``__init__`` accepts (``docs/architecture.md``, "Data and model"), so nobody types it
   twice and a token model needs no ``sample_shape``. The data's value is the one used; a value
   set for the model (in a config, on the command line or by a checkpoint) that differs from both
   the data's and the model's default stops the run with one line naming both.
+
+``lit-genai robustness`` (``lit_genai.robustness.RobustnessTrainer.robustness``) attacks a trained
+model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``, ``--num_examples``)
+and writes ``robustness.json`` + ``robustness.png`` next to the checkpoint's folder; the other
+subcommands are Lightning's.
 
 Bad input ends in one line and a non-zero exit (``docs/architecture.md``, "Errors"): a parser error
 (missing config file, wrong type, unknown class path, unknown key) prints ``lit-genai: error: ...``
@@ -43,11 +49,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.callbacks.latents import LatentGrids
 from lit_genai.callbacks.lr_monitor import LearningRateLogger
 from lit_genai.callbacks.rng import RNGState
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
 from lit_genai.cli_checks import LitGenAIParser, check_checkpoint, is_checkpoint_file
 from lit_genai.errors import ConfigError, LitGenAIError
+from lit_genai.robustness import RobustnessTrainer
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -95,7 +103,16 @@ class LitGenAICLI(LightningCLI):
     links, which skip a link when the data module lacks the attribute or the model's ``__init__``
     lacks the argument; the data's value wins, and a different one set for the model is a
     ``ConfigError`` (checked right after instantiation, before anything runs).
+
+    The trainer is a ``RobustnessTrainer``: Lightning's ``Trainer`` plus the ``robustness`` method
+    behind the subcommand of that name.
     """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands and ``robustness``; the values are the method arguments the
+        command line does not expose (the CLI passes the model and data it built)."""
+        return {**LightningCLI.subcommands(), "robustness": {"model", "datamodule"}}
 
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
         trainer_defaults = {
@@ -115,7 +132,7 @@ class LitGenAICLI(LightningCLI):
             trainer_defaults=trainer_defaults,
             auto_configure_optimizers=False,
             args=args,
-            **{"parser_class": LitGenAIParser, **kwargs},
+            **{"parser_class": LitGenAIParser, "trainer_class": RobustnessTrainer, **kwargs},
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -126,6 +143,7 @@ class LitGenAICLI(LightningCLI):
         parser.add_lightning_class_args(SampleLogger, "samples")
         parser.add_lightning_class_args(SampleWriter, "writer")
         parser.add_lightning_class_args(Evaluation, "evaluation")
+        parser.add_lightning_class_args(LatentGrids, "latents")
         parser.add_lightning_class_args(RNGState, "rng")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -136,6 +154,7 @@ class LitGenAICLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.enable_version_counter": False,  # last.ckpt is always the newest
+                "latents.every_n_epochs": 10,  # autoencoders only; a grid per epoch floods the run folder
             }
         )
 
@@ -186,6 +205,10 @@ class LitGenAICLI(LightningCLI):
                 # W&B: the run's display name; TensorBoard/CSV: a subfolder of the run folder.
                 kind = logger.class_path.rsplit(".", 1)[-1]
                 init_args.name = {"TensorBoardLogger": "tensorboard", "CSVLogger": "csv"}.get(kind, name)
+        if self.subcommand == "robustness" and config.get("ckpt_path") is None:
+            raise ConfigError(
+                "robustness attacks a trained model: pass --ckpt_path (a checkpoint file, or 'last')"
+            )
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # checkpoints hold tensors and plain values only: load them safely
         if config.get("ckpt_path") == "last":

@@ -141,6 +141,9 @@ class Evaluation(Callback):
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"checkpoint": trainer.ckpt_path, "metrics": results, "protocol": self.last_protocol}
+        likelihood_protocol = getattr(pl_module, "likelihood_protocol", None)
+        if callable(likelihood_protocol):  # what the likelihood numbers measure (e.g. the VAE's)
+            payload["likelihood_protocol"] = likelihood_protocol()
         path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         rank_zero_info(f"Test results written to {path}")
 

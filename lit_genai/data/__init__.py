@@ -10,6 +10,7 @@ from lit_genai.data.images import (
     MNIST5k,
     TorchvisionDataModule,
 )
+from lit_genai.data.tokens import ImageTokens
 
 __all__ = [
     "CIFAR10",
@@ -18,6 +19,7 @@ __all__ = [
     "FashionMNIST",
     "ImageDataModule",
     "ImageFolder",
+    "ImageTokens",
     "MNIST5k",
     "TorchvisionDataModule",
 ]

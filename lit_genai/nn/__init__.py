@@ -1,7 +1,23 @@
 """Plain networks: tensors in, tensors out; no losses, logging or schedules."""
 
+from lit_genai.nn.autoencoder import Decoder, Encoder
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
 from lit_genai.nn.unet import UNet
+from lit_genai.nn.vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from lit_genai.nn.vq import VectorQuantizer
 
-__all__ = ["DCGANDiscriminator", "DCGANGenerator", "ResNetDiscriminator", "ResNetGenerator", "UNet"]
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "Decoder",
+    "Encoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
+    "UNet",
+    "VectorQuantizer",
+]

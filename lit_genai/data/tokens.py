@@ -1,0 +1,220 @@
+"""Image tokens: the training data of a second-stage token model over a frozen VQ-VAE.
+
+``ImageTokens`` wraps an image data module and a tokenizer checkpoint (``lit_genai.vae.vqvae.VQVAE``
+trained with ``lit-genai fit``). It encodes the train / val / test images once, in eval mode and
+without gradients, and caches the token ids on disk, keyed on a digest of the checkpoint file and
+on the images' ``identity()``: another tokenizer or other images are another cache file.
+
+Batches (docs/architecture.md, "Batches"): ``(tokens, labels)``, tokens (B, h*w) int64 in raster
+order (row by row of the h x w grid), labels (B,) int64 (the images' classes, 0 for unlabelled
+data). ``predict_dataloader`` yields (B,) int64 sample indices as the image modules do, and
+``decode(tokens)`` turns sampled ids into uint8 images (B, C, H, W) through the tokenizer's
+decoder, so samples take the image media route (``lit_genai.callbacks.media``).
+
+What the model must know is set in ``__init__`` (the command line links it): ``vocab_size`` (the
+codebook size K), ``block_size`` (h*w tokens per image) and ``num_classes`` (from the images);
+``token_shape`` (h, w) and ``feature_extractor`` (the images') are there too.
+
+Shape legend: B batch, C/H/W image, h/w token grid, N images of a split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lit_genai.data.images import ImageDataModule, to_uint8
+from lit_genai.errors import ConfigError
+from lit_genai.paradigm import eval_mode
+from lit_genai.pretrained import load_pretrained
+from lit_genai.vae.vqvae import VQVAE
+
+SPLITS = ("train", "val", "test")
+_KEY = "data.init_args.tokenizer"
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+class ImageTokens(L.LightningDataModule):
+    """Token ids of a frozen VQ-VAE over an image data module, cached on disk.
+
+    Args:
+        images: The image data module whose train / val / test images are encoded (its splits,
+            seed and ``batch_size``, which is also the batch size of the encoding pass). Random
+            flips are not supported: the tokens are computed once, not per epoch.
+        tokenizer: Path of a ``VQVAE`` checkpoint (e.g. ``runs/vae-vqvae_mnist/checkpoints/last.ckpt``),
+            trained on images of the wrapped data's ``sample_shape``.
+        batch_size: Token sequences per batch (also sample indices per predict batch).
+        num_workers: DataLoader worker processes for the token batches.
+        predict_samples: Number of samples ``trainer.predict`` asks the model for.
+        cache_dir: Folder of the token cache; default: ``tokens/`` next to the checkpoint.
+    """
+
+    def __init__(
+        self,
+        images: ImageDataModule,
+        tokenizer: str,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        predict_samples: int = 64,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if getattr(images, "random_flip", False):
+            raise ConfigError(
+                "data.init_args.images.init_args.random_flip=true but image tokens are encoded once, "
+                "without augmentation: set it false"
+            )
+        self.images, self.tokenizer = images, tokenizer
+        self.batch_size, self.num_workers, self.predict_samples = batch_size, num_workers, predict_samples
+        self.cache_dir = cache_dir
+        self.model: VQVAE = load_pretrained(tokenizer, VQVAE, _KEY)
+        image_shape = tuple(int(s) for s in images.sample_shape)
+        if self.model.sample_shape != image_shape:
+            raise ConfigError(
+                f"{_KEY}={tokenizer} was trained on images of shape {list(self.model.sample_shape)} but "
+                f"data.init_args.images ({type(images).__name__}) gives {list(image_shape)}: wrap the data "
+                "it was trained on, or train a tokenizer on these images"
+            )
+        self.image_shape = image_shape  # (C, H, W) of the decoded images
+        self.token_shape: tuple[int, int] = self.model.token_shape  # (h, w)
+        self.vocab_size: int = self.model.vocab_size
+        self.block_size: int = self.token_shape[0] * self.token_shape[1]
+        self.num_classes: int = int(images.num_classes)
+        self.feature_extractor: Optional[str] = getattr(images, "feature_extractor", None)
+        self.tokenizer_digest = file_digest(tokenizer)
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+        self.test_set: Optional[Dataset] = None
+        self.encoded = False  # whether this instance encoded the images (False: read the cache)
+
+    # ------------------------------------------------------------------ identity and cache
+    def identity(self) -> dict[str, Any]:
+        """What decides the token sets: this class, the tokenizer file's digest and the images'
+        ``identity()``."""
+        cls = type(self)
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "tokenizer": self.tokenizer_digest,
+            "images": self.images.identity(),
+        }
+
+    @property
+    def cache_path(self) -> Path:
+        """``<cache_dir>/<images class>-<digest of identity()>.pt``."""
+        folder = (
+            Path(self.cache_dir) if self.cache_dir is not None else Path(self.tokenizer).parent / "tokens"
+        )
+        key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        return folder / f"{type(self.images).__name__}-{key}.pt"
+
+    def prepare_data(self) -> None:
+        """Encode and cache the tokens once per node (Lightning calls this on one process)."""
+        self.images.prepare_data()
+        if not self.cache_path.is_file():
+            self._write_cache(self._encode_all())
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        path = self.cache_path
+        if path.is_file():
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # no prepare_data (setup called directly): encode here
+            cached = self._encode_all()
+            self._write_cache(cached)
+        sets = {split: TensorDataset(*cached[split]) for split in SPLITS if split in cached}
+        self.train_set, self.val_set, self.test_set = (sets.get(split) for split in SPLITS)
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(torch.arange(self.predict_samples), batch_size=self.batch_size)  # (B,) int64
+
+    # ------------------------------------------------------------------ media
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        """The image medium: token ids (B, h*w) or (B, h, w) -> uint8 images (B, C, H, W) on the
+        tokens' device, through the tokenizer's decoder."""
+        model = self.model.to(tokens.device)
+        with eval_mode(model):
+            images = model.decode(tokens.long().reshape(tokens.shape[0], *self.token_shape))
+        return to_uint8(images)
+
+    # ------------------------------------------------------------------ helpers
+    def _loader(self, dataset: Optional[Dataset], shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def _encode_all(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """{split: (tokens (N, h*w) int64, labels (N,) int64)} of every split the images have."""
+        images = self.images
+        images.setup(None)  # every split (the image modules' setup is idempotent)
+        device = self._device()
+        model = self.model.to(device)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        with eval_mode(model):
+            for split in SPLITS:
+                dataset = getattr(images, f"{split}_set", None)
+                if dataset is None:
+                    continue
+                loader = DataLoader(dataset, batch_size=images.batch_size, num_workers=images.num_workers)
+                tokens, labels = [], []
+                for x, y in loader:
+                    ids = model.encode(x.to(device))  # (B, h, w)
+                    tokens.append(ids.flatten(1).cpu())  # (B, h*w) raster order
+                    labels.append(torch.as_tensor(y).long().cpu())
+                if not tokens:  # an empty split
+                    tokens, labels = (
+                        [torch.zeros(0, self.block_size, dtype=torch.long)],
+                        [torch.zeros(0).long()],
+                    )
+                out[split] = (torch.cat(tokens), torch.cat(labels))
+        self.model.to("cpu")
+        self.encoded = True
+        return out
+
+    def _write_cache(self, cached: dict[str, tuple[Tensor, Tensor]]) -> None:
+        path = self.cache_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        torch.save(cached, partial)
+        os.replace(partial, path)  # atomic: a reader sees the whole file or none
+        sizes = ", ".join(f"{split} {len(t)}" for split, (t, _) in cached.items())
+        rank_zero_info(f"ImageTokens: encoded {sizes} images into {path}")

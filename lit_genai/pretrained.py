@@ -1,0 +1,181 @@
+"""Frozen first stages from checkpoints: networks kept as plain config, rebuilt safely.
+
+Two-stage models (tokens of a VQ-VAE for a token model, latents of a KL autoencoder for latent
+diffusion) read their first stage from a checkpoint by path (docs/architecture.md, "Autoencoders"):
+
+- ``record_network_configs``: a module built in Python (networks passed as objects) keeps each
+  network as plain ``class_path`` + ``init_args`` in its hyperparameters when the network keeps
+  every init argument as an attribute of the same name (``lit_genai.nn.autoencoder``,
+  ``lit_genai.nn.vq``), so its checkpoints can be rebuilt like those of ``lit-genai fit``;
+- ``load_pretrained``: rebuild a frozen module from such a checkpoint with
+  ``torch.load(weights_only=True)``, one ``ConfigError`` line for every bad file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from lit_genai.errors import ConfigError
+
+# ---------------------------------------------------------------------- plain network configs
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-able config (tuples as lists), or raise TypeError."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    raise TypeError(type(value).__name__)
+
+
+def network_config(net: nn.Module) -> Optional[dict[str, Any]]:
+    """``{"class_path": ..., "init_args": {...}}`` of ``net`` read back from its attributes, or None.
+
+    Every init argument must be kept as an attribute of the same name holding a plain value (the
+    rule of ``ImageDataModule.identity``); otherwise the network cannot be described and None is
+    returned.
+    """
+    cls = type(net)
+    init_args: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name not in vars(net) and not isinstance(getattr(cls, name, None), property):
+            return None  # not kept (a method or a submodule of that name does not count)
+        try:
+            init_args[name] = _plain(getattr(net, name))
+        except TypeError:
+            return None
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def record_network_configs(module: LightningModule, networks: Mapping[str, nn.Module]) -> None:
+    """After ``save_plain_hyperparameters``: keep each network that was passed as an object (and so
+    dropped from the hyperparameters) as its ``network_config``, when it has one. Under the command
+    line the hyperparameters hold the config already and are left as they are."""
+    for name, net in networks.items():
+        if name in module.hparams:
+            continue
+        config = network_config(net)
+        if config is not None:
+            module.hparams[name] = config
+            module._hparams_initial[name] = config
+
+
+# ---------------------------------------------------------------------- loading a frozen first stage
+
+M = TypeVar("M", bound=LightningModule)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _network_class(class_path: str, where: str) -> type[nn.Module]:
+    """The class named by a checkpoint: lit_genai's are imported, others must be imported already
+    (importing a module named by a file would run its code)."""
+    module_name, _, name = class_path.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is None and module_name.split(".")[0] == "lit_genai":
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+    cls = getattr(module, name, None) if module is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(
+            f"{where}: the network class {class_path!r} it names is not an imported nn.Module; "
+            "import its module before loading"
+        )
+    return cls
+
+
+def load_pretrained(path: str, cls: type[M], key: str) -> M:
+    """Rebuild a frozen ``cls`` (``VQVAE``, ``KLAutoencoder``) from a checkpoint, in eval mode.
+
+    The checkpoint is read with ``torch.load(weights_only=True)``. The networks come from the
+    ``class_path`` + ``init_args`` entries of its hyperparameters: written by ``lit-genai fit``
+    (LightningCLI stores the config), or by ``record_network_configs`` for a module built in
+    Python. Optimiser and scheduler settings are not needed and not rebuilt. ``key`` is the config
+    key that named the file, used in the messages. Raises one ``ConfigError`` line for: a missing
+    file, an unreadable or corrupt one, a checkpoint of another module, and weights that do not fit.
+    """
+    where = f"{key}={path}"
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"{where}: no such checkpoint file; train a {cls.__name__} with lit-genai fit first"
+        )
+    if not zipfile.is_zipfile(file):
+        with open(file, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        what = "truncated or corrupt checkpoint (an interrupted save?)" if zip_start else "not a checkpoint"
+        raise ConfigError(f"{where}: {what}: it is not the zip archive torch.save writes")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f" ({refused[1]})" if refused else ""
+            raise ConfigError(f"{where}: holds objects that safe loading refuses{what}") from None
+        raise ConfigError(f"{where}: corrupt checkpoint ({_first_line(error)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ConfigError(f"{where}: corrupt checkpoint ({_first_line(error)})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"{where}: not a Lightning checkpoint (no state_dict); pass one saved by lit-genai fit"
+        )
+
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    class_path = hparams.pop("_class_path", None)
+    hparams.pop("_instantiator", None)
+    wanted = f"a {cls.__name__} checkpoint ({cls.__module__}.{cls.__qualname__})"
+    if class_path is not None:
+        module_name, _, name = str(class_path).rpartition(".")
+        found = getattr(sys.modules.get(module_name), name, None)
+        if not (isinstance(found, type) and issubclass(found, cls)):
+            raise ConfigError(f"{where}: a checkpoint of {class_path}, not {wanted}")
+    networks = tuple(getattr(cls, "network_args", ()))
+    missing = [
+        n for n in networks if not isinstance(hparams.get(n), Mapping) or "class_path" not in hparams[n]
+    ]
+    if missing:
+        raise ConfigError(
+            f"{where}: not {wanted}: its hyperparameters have no {missing[0]} network "
+            "(class_path + init_args)"
+        )
+    built: dict[str, Any] = {}
+    for name in networks:
+        config = hparams.pop(name)
+        network_cls = _network_class(str(config["class_path"]), where)
+        try:
+            built[name] = network_cls(**dict(config.get("init_args") or {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}: cannot rebuild its {name} ({_first_line(error)})") from None
+    accepted = inspect.signature(cls.__init__).parameters
+    plain = {k: v for k, v in hparams.items() if k in accepted and k not in ("optimizer", "lr_scheduler")}
+    module = cls(**built, **plain)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise ConfigError(f"{where}: its weights do not fit its networks ({_first_line(error)})") from None
+    module.eval()
+    module.requires_grad_(False)
+    return module
