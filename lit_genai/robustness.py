@@ -35,6 +35,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_genai.errors import ConfigError, LitGenAIError
@@ -503,6 +504,51 @@ def _measure(
     return sums
 
 
+def example_rows(
+    module: Any,
+    x: Tensor,
+    y: Optional[Tensor],
+    eps: float,
+    *,
+    norm: Norm = "linf",
+    steps: int = 10,
+    step_size: Optional[float] = None,
+    objective: ObjectiveName = "loss",
+    seed: int = 0,
+    bounds: Optional[tuple[float, float]] = (-1.0, 1.0),
+) -> dict[str, Tensor]:
+    """The attack on a few images, to look at: ``{row name: (N, C, H, W) images in [-1, 1]}``.
+
+    Rows: ``clean`` x, ``adversarial`` x' (PGD at ``eps``), and for autoencoders their reconstructions
+    ``reconstruction of clean`` / ``reconstruction of adversarial``; for the targeted objectives also
+    the ``target`` images (Kos et al. 2017's figures: a digit whose reconstruction becomes another).
+    """
+    fn, _ = build_objective(module, objective, x, y)
+    rows = {"clean": x}
+    with eval_mode(module), _seeded(seed, module) as generator:
+        x_adv = pgd(
+            fn, x, eps, norm=norm, steps=steps, step_size=step_size, bounds=bounds, generator=generator
+        )
+        rows["adversarial"] = x_adv
+        if callable(getattr(module, "reconstruct", None)):
+            labels = _labels(module, y)
+            with torch.no_grad():
+                rows["reconstruction of clean"] = module.reconstruct(x, labels).clamp(-1, 1)
+                rows["reconstruction of adversarial"] = module.reconstruct(x_adv, labels).clamp(-1, 1)
+        if objective in ("latent", "target_reconstruction"):
+            rows["target"] = targets(x, y)[0]
+    return rows
+
+
+def write_examples(rows: dict[str, Tensor], path: Union[str, Path]) -> Path:
+    """``example_rows`` as one PNG grid, a row per entry (top to bottom in the dict's order)."""
+    from lit_genai.callbacks.media import write_image_grid
+    from lit_genai.data.images import to_uint8
+
+    images = torch.cat([to_uint8(v.detach().cpu()) for v in rows.values()])  # (rows * N, C, H, W)
+    return write_image_grid(Path(path), images, nrow=next(iter(rows.values())).shape[0])
+
+
 METRICS = {  # row key prefix -> axis label
     "objective": "objective",
     "accuracy": "accuracy",
@@ -547,6 +593,73 @@ def write_curve(rows: Sequence[dict[str, Any]], out_dir: Union[str, Path], title
     figure.tight_layout()
     figure.savefig(png_path)
     return json_path, png_path
+
+
+def write_comparison(
+    curves: dict[str, Sequence[dict[str, Any]]], png_path: Union[str, Path], title: str = ""
+) -> Path:
+    """One panel per metric with the PGD line of each curve (``{label: rows}``, e.g. a normally and
+    an adversarially trained model) and its noise line dashed: the effect of adversarial training
+    in one picture. Returns ``png_path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics = [m for m in METRICS if all(rows and f"{m}_clean" in rows[0] for rows in curves.values())]
+    if not curves or not metrics:
+        raise ConfigError("write_comparison: give curves that share a metric (objective, accuracy, distance)")
+    figure = Figure(figsize=(4.2 * len(metrics), 3.4), dpi=100)
+    FigureCanvasAgg(figure)
+    colours = ["tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    for i, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), i + 1)
+        for (label, rows), colour in zip(curves.items(), colours * len(curves), strict=False):
+            eps = [r["eps"] for r in rows]
+            axes.plot(eps, [r[f"{metric}_pgd"] for r in rows], "o-", color=colour, label=f"{label}: PGD")
+            axes.plot(
+                eps,
+                [r[f"{metric}_noise"] for r in rows],
+                "s--",
+                color=colour,
+                alpha=0.5,
+                label=f"{label}: noise",
+            )
+        first = next(iter(curves.values()))
+        axes.set_xlabel(f"eps ({first[0]['norm']})")
+        axes.set_ylabel(f"objective ({first[0]['objective']})" if metric == "objective" else METRICS[metric])
+        if metric == "accuracy":
+            axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png_path)
+    return png_path
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """``python -m lit_genai.robustness compare OUT.png LABEL=robustness.json ...``: one picture of
+    several curves written by ``lit-genai robustness``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lit_genai.robustness")
+    commands = parser.add_subparsers(dest="command", required=True)
+    compare = commands.add_parser("compare", help="plot several robustness.json curves together")
+    compare.add_argument("out", help="the PNG to write")
+    compare.add_argument("curves", nargs="+", metavar="LABEL=JSON", help="a label and a robustness.json")
+    compare.add_argument("--title", default="")
+    parsed = parser.parse_args(args)
+    curves = {}
+    for item in parsed.curves:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            parser.error(f"{item!r}: give LABEL=PATH with an existing robustness.json")
+        curves[label] = json.loads(Path(path).read_text())["rows"]
+    try:
+        print(f"wrote {write_comparison(curves, parsed.out, parsed.title)}")
+    except LitGenAIError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
 
 
 def curve_scalars(rows: Sequence[dict[str, Any]], prefix: str = "robustness") -> dict[str, float]:
@@ -612,15 +725,17 @@ class RobustnessTrainer(Trainer):
         num_examples: int = 500,
         seed: int = 0,
         output_dir: Optional[str] = None,
+        examples_shown: int = 8,
         weights_only: Optional[bool] = None,
     ) -> list[dict[str, Any]]:
         """Attack a trained model with PGD on test examples; write and log its robustness curve.
 
         Loads ``ckpt_path`` (with the EMA average when the checkpoint holds one and the EMA callback
-        is not disabled), attacks the first ``num_examples`` examples of the data's test set for each
+        is not disabled), attacks the first ``num_examples`` examples of the data's test set (passed
+        through the module's ``prepare_inputs(x, generator)`` when it has one) for each
         radius (``robustness_curve``), writes ``robustness.json`` and ``robustness.png`` to
-        ``output_dir`` and sends them to the loggers (``log_curve``). Runs in this process on the
-        trainer's first device, in float32.
+        ``output_dir`` with ``examples.png`` (``example_rows``), and sends them to the loggers
+        (``log_curve``). Runs in this process on the trainer's first device, in float32.
 
         Args:
             model: The module to attack (its hyperparameters come from the checkpoint).
@@ -639,6 +754,9 @@ class RobustnessTrainer(Trainer):
             seed: Seed of the PGD random starts and of the random-noise baseline.
             output_dir: Folder of the outputs. Default: ``robustness/`` next to the checkpoint's
                 ``checkpoints/`` folder (the run folder), or in the run folder without a checkpoint.
+            examples_shown: Images of the first batch drawn attacked at the largest radius, in
+                ``examples.png`` (rows: clean, adversarial and, for autoencoders, both reconstructions
+                and the target) and in the loggers.
             weights_only: Load the checkpoint with ``torch.load(weights_only=...)``; the command line
                 makes it True unless ``--weights_only false``.
 
@@ -656,6 +774,11 @@ class RobustnessTrainer(Trainer):
         device = self.strategy.root_device
         model.to(device)
         batches = attack_examples(datamodule, num_examples, device, self)
+        prepare = getattr(model, "prepare_inputs", None)
+        if callable(prepare):  # e.g. a Bernoulli VAE's binarisation: attack what the model is trained on
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                batches = [(prepare(x, generator), y) for x, y in batches]
         rows = robustness_curve(
             model,
             batches,
@@ -676,6 +799,29 @@ class RobustnessTrainer(Trainer):
         title = f"{type(model).__name__}: PGD-{steps} ({norm}) on {objective}, {n} test examples"
         _, png_path = write_curve(rows, out, title)
         log_curve(self, rows, png_path)
+        x, y = batches[0]
+        if x.ndim == 4 and max(eps) > 0:  # images: show the attack at the largest radius
+            shown = example_rows(
+                model,
+                x[:examples_shown],
+                None if y is None else y[:examples_shown],
+                max(eps),
+                norm=norm,
+                steps=steps,
+                step_size=step_size,
+                objective=objective,
+                seed=seed,
+            )
+            from PIL import Image
+
+            from lit_genai.callbacks.media import log_images  # not at the top: media -> metrics -> here
+
+            examples = write_examples(shown, out / "examples.png")
+            with Image.open(examples) as image:
+                grid = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)  # (3, H, W)
+            caption = f"{', '.join(shown)} (eps {max(eps):g})"
+            log_images(self, "robustness/examples", grid[None], caption=caption)
+            rank_zero_info(f"Wrote {png_path}, {examples} and robustness.json to {out}")
         for logger in self.loggers:
             logger.finalize("success")
         return rows
@@ -727,3 +873,7 @@ def attack_examples(
             f"the test set of {type(datamodule).__name__} is empty: robustness has nothing to attack"
         )
     return batches
+
+
+if __name__ == "__main__":
+    main()

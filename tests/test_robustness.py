@@ -34,8 +34,10 @@ from lit_genai.robustness import (
     random_in_ball,
     random_on_sphere,
     robustness_curve,
+    write_comparison,
     write_curve,
 )
+from lit_genai.robustness import main as robustness_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER_YAML = str(ROOT / "experiments" / "eval" / "mnist_classifier.yaml")
@@ -324,6 +326,20 @@ def test_write_curve_writes_json_and_a_png_with_one_panel_per_metric(data, net, 
         assert image.size == (2 * 420, 340)  # objective and distance panels
 
 
+def test_compare_plots_several_curves_from_their_json_files(data, net, tmp_path, capsys):
+    rows = _classifier_rows(data, net)
+    json_path, _ = write_curve(rows, tmp_path / "a", "a")
+    out = tmp_path / "compare.png"
+    robustness_main(["compare", str(out), f"first={json_path}", f"second={json_path}", "--title", "t"])
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.size == (2 * 420, 340)  # the panels the curves share: objective and accuracy
+    with pytest.raises(SystemExit):
+        robustness_main(["compare", str(out), f"missing={tmp_path / 'none.json'}"])
+    with pytest.raises(ConfigError, match="share a metric"):
+        write_comparison({}, out)
+
+
 def test_scalars_carry_the_radius_in_their_key(data, net):
     rows = _classifier_rows(data, net)
     scalars = curve_scalars(rows)
@@ -483,6 +499,8 @@ def test_the_subcommand_writes_the_curve_next_to_the_checkpoint_and_logs_it(fitt
     assert rows[2]["objective_pgd"] > rows[2]["objective_noise"]
     assert content["title"].startswith("Classifier: PGD-3 (linf) on loss, 40 test examples")
     assert (out / "robustness.png").is_file()
+    with Image.open(out / "examples.png") as image:  # clean and adversarial rows of 8 digits
+        assert image.size == (2 + 8 * 30, 2 + 2 * 30)
     headers = [p.read_text().splitlines()[0].split(",") for p in (run / "csv").glob("version_*/metrics.csv")]
     assert any("robustness/accuracy_pgd@eps=0.3" in header for header in headers)
 
@@ -545,3 +563,45 @@ def test_bad_subcommand_input_is_one_clear_error(fitted, extra, code, message, c
     else:
         assert "objective" in err[0] and "elbo" in err[0]
         assert err[-1] == "Run 'lit-genai robustness --help' for the options."
+
+
+def test_the_subcommand_attacks_the_inputs_the_model_is_trained_on(tmp_path, monkeypatch):
+    # A Bernoulli VAE models binarised digits: its attack starts from them, not from grey levels.
+    import lit_genai.robustness as robustness
+    from lit_genai.data import MNIST5k
+    from lit_genai.nn.vae import MLPDecoder, MLPEncoder
+    from lit_genai.vae import VAE
+
+    vae = VAE(
+        MLPEncoder(hidden=[16], latent_dim=4),
+        MLPDecoder(hidden=[16], latent_dim=4),
+        binarization="dynamic",
+    )
+    seen = []
+    real_curve = robustness.robustness_curve
+
+    def spy(module, batches, *args, **kwargs):
+        seen.extend(x for x, _ in batches)
+        return real_curve(module, batches, *args, **kwargs)
+
+    monkeypatch.setattr(robustness, "robustness_curve", spy)
+    trainer = robustness.RobustnessTrainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    data = MNIST5k(batch_size=16)
+    rows = trainer.robustness(vae, data, eps=[0.0, 0.2], steps=2, num_examples=16, output_dir=str(tmp_path))
+    (x,) = seen
+    assert x.shape == (16, 1, 28, 28) and set(x.unique().tolist()) == {-1.0, 1.0}
+    again = vae.prepare_inputs(next(iter(data.test_dataloader()))[0], torch.Generator().manual_seed(0))
+    assert torch.equal(again, x)  # the seeded binarisation of the first test digits
+    assert rows[1]["objective_pgd"] > rows[1]["objective_clean"]
+    with Image.open(tmp_path / "examples.png") as image:  # clean, adversarial, both reconstructions
+        assert image.size == (2 + 8 * 30, 2 + 4 * 30)
+    shown = robustness.example_rows(vae, x[:3], None, 0.2, steps=2, objective="target_reconstruction")
+    assert list(shown) == [
+        "clean",
+        "adversarial",
+        "reconstruction of clean",
+        "reconstruction of adversarial",
+        "target",
+    ]
+    assert (shown["adversarial"] - x[:3]).abs().max() <= 0.2 + 1e-6
+    assert torch.equal(shown["target"], x[:3].roll(1, 0))

@@ -216,6 +216,13 @@ class VAE(LightningModule):
         terms = self._terms(x, y, eps)
         return terms["rec"] + terms["kl"]
 
+    def prepare_inputs(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The data as the likelihood models it: binarised by ``binarization`` (a ``dynamic`` draw from
+        ``generator``, default seed 0), dequantised for a Gaussian decoder, or as it is. Attacks
+        (``lit_genai.robustness``) perturb these inputs, the ones the model is trained on."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        return self._prepare(x, "test", generator)
+
     # ------------------------------------------------------------------ Lightning
     def forward(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) -> the posterior's (mean, logvar), each (B, D)."""
