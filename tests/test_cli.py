@@ -10,7 +10,7 @@ import torch
 import yaml
 from helpers import TINY_CLI_TRAINER
 
-from lit_genai.cli import LitGenAICLI, experiment_name, main
+from lit_genai.cli import LINKED_FROM_DATA, LitGenAICLI, _plain, experiment_name, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments" / "diffusion" / "mnist.yaml")
@@ -63,7 +63,9 @@ def _run(args):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[Path(p).stem for p in EXPERIMENTS])
 def test_every_experiment_instantiates(path, tmp_path):
     cli = LitGenAICLI(args=["--config", path, "--trainer.default_root_dir", str(tmp_path)], run=False)
-    assert cli.model.sample_shape == cli.datamodule.sample_shape  # linked, not typed twice
+    for name in LINKED_FROM_DATA:  # linked, not typed twice
+        if hasattr(cli.datamodule, name) and hasattr(cli.model, name) and name != "num_classes":
+            assert _plain(getattr(cli.model, name)) == _plain(getattr(cli.datamodule, name)), name
     assert cli.model.num_classes in (0, cli.datamodule.num_classes)
     assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "checkpoints")
 
