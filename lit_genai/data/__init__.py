@@ -10,10 +10,12 @@ from lit_genai.data.images import (
     MNIST5k,
     TorchvisionDataModule,
 )
+from lit_genai.data.text import CharText
 from lit_genai.data.tokens import ImageTokens
 
 __all__ = [
     "CIFAR10",
+    "CharText",
     "MNIST",
     "Digits",
     "FashionMNIST",

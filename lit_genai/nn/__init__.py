@@ -3,6 +3,7 @@
 from lit_genai.nn.autoencoder import Decoder, Encoder
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
+from lit_genai.nn.transformer import GPT
 from lit_genai.nn.unet import UNet
 from lit_genai.nn.vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lit_genai.nn.vq import VectorQuantizer
@@ -14,6 +15,7 @@ __all__ = [
     "DCGANGenerator",
     "Decoder",
     "Encoder",
+    "GPT",
     "MLPDecoder",
     "MLPEncoder",
     "ResNetDiscriminator",

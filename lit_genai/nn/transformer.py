@@ -1,0 +1,298 @@
+"""A GPT-2-class decoder-only transformer for next-token prediction, with a key/value cache.
+
+Papers: Radford et al. 2018/2019 ("Improving Language Understanding by Generative Pre-Training",
+"Language Models are Unsupervised Multitask Learners", sec. 2.3) and Vaswani et al. 2017 ("Attention
+Is All You Need", sec. 3.2); the layout and initialisation follow the GPT-2 reference as nanoGPT's
+``model.py`` reproduces it:
+
+- learned token and position embeddings, summed, then dropout;
+- ``n_layer`` pre-LayerNorm blocks, x + attn(ln_1(x)) then x + mlp(ln_2(x)) (GPT-2 sec. 2.3 moves
+  the LayerNorm to the input of each sub-block), a final LayerNorm, and an output layer whose weight
+  is the token embedding (weight tying, Press & Wolf 2017);
+- multi-head self-attention through ``F.scaled_dot_product_attention`` (dropout on the attention
+  weights in training) and an MLP 4x wide with GELU (``activation="gelu_tanh"``: the tanh
+  approximation of the GPT-2 checkpoints);
+- LayerNorms and linear layers with or without biases (``bias``; GPT-2 has them, nanoGPT's default
+  drops them);
+- init: every linear and embedding weight ~ N(0, 0.02), biases 0, and the residual projections
+  (``c_proj``) ~ N(0, 0.02 / sqrt(2 n_layer)), one factor 1/sqrt(N) per residual addition (GPT-2
+  sec. 2.3).
+
+``causal=False`` makes the attention bidirectional (for masked-token models); the cache is meant
+for causal models.
+
+Class conditioning (``num_classes > 0``): a learned class embedding with ``num_classes + 1`` rows,
+added to the token embedding at every position (rather than a prefix token, which would take a
+position of the context); the last row, label ``num_classes``, is the null label of classifier-free
+guidance (Ho & Salimans 2022).
+
+Key/value cache (incremental decoding): ``init_cache`` allocates per-layer key and value buffers of
+``block_size`` positions; ``forward(idx_new, cond, cache=cache)`` runs only the new tokens, at
+positions ``cache.length ..``, attending over the cached and the new keys (causally within the new
+chunk), writes their keys and values into the cache and returns the logits of the new positions.
+The cache never holds more than ``block_size`` positions: ``lit_genai.ar.sampling.generate`` falls
+back to recomputing the last ``block_size`` tokens once the context is full.
+
+Shape legend: B batch, T tokens (t new ones with a cache, L cached), V vocabulary, D = n_embd,
+nh heads of hs = D / nh channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_genai.errors import ConfigError
+
+Activation = Literal["gelu", "gelu_tanh"]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the positions a causal ``GPT`` has seen, for incremental decoding.
+
+    Attributes:
+        keys: one (B, nh, block_size, hs) buffer per layer; positions ``[0, length)`` are filled.
+        values: the same for the values.
+        length: the number of cached positions; the next token goes to position ``length``.
+    """
+
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    length: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017, sec. 3.2.2), causal or bidirectional.
+
+    Args:
+        n_embd: model width D.
+        n_head: number of heads; divides ``n_embd``.
+        dropout: dropout on the attention weights and on the output, in training.
+        bias: biases in the projections.
+        causal: each position attends to itself and earlier ones only.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # queries, keys, values of all heads
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # output (residual) projection
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.n_embd, self.dropout, self.causal = n_head, n_embd, dropout, causal
+
+    def forward(self, x: Tensor, kv: Optional[tuple[Tensor, Tensor]] = None, start: int = 0) -> Tensor:
+        """x (B, t, D) -> (B, t, D); with ``kv`` (the layer's cache buffers) the new keys and values
+        are written at positions ``[start, start + t)`` and the queries attend over ``[0, start + t)``."""
+        B, t, D = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (z.view(B, t, self.n_head, D // self.n_head).transpose(1, 2) for z in (q, k, v))
+        # q, k, v: (B, nh, t, hs)
+        mask, is_causal = None, self.causal
+        if kv is not None:
+            k_buf, v_buf = kv
+            k_buf[:, :, start : start + t] = k
+            v_buf[:, :, start : start + t] = v
+            k = k_buf[:, :, : start + t].to(q.dtype)  # (B, nh, start + t, hs)
+            v = v_buf[:, :, : start + t].to(q.dtype)
+            if start > 0 and self.causal:
+                is_causal = False  # SDPA's is_causal aligns the mask top-left; with a prefix it must not
+                if t > 1:  # new query i (position start + i) sees keys j <= start + i
+                    keys = torch.arange(start + t, device=x.device)
+                    mask = keys[None, :] <= start + torch.arange(t, device=x.device)[:, None]  # (t, start+t)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, nh, t, hs)
+        y = y.transpose(1, 2).reshape(B, t, D)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward layer, D -> 4D -> D with GELU (Hendrycks & Gimpel 2016).
+
+    Args:
+        n_embd: model width D.
+        dropout: dropout on the output, in training.
+        bias: biases in the linear layers.
+        activation: ``"gelu"`` (exact) or ``"gelu_tanh"`` (the tanh approximation GPT-2 used).
+    """
+
+    def __init__(self, n_embd: int, dropout: float, bias: bool, activation: Activation = "gelu") -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.act = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (GPT-2 sec. 2.3): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(
+        self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool, activation: Activation
+    ) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.attn = SelfAttention(n_embd, n_head, dropout, bias, causal)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias, activation)
+
+    def forward(self, x: Tensor, kv: Optional[tuple[Tensor, Tensor]] = None, start: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: (B, T) token ids -> (B, T, V) next-token logits (module docstring).
+
+    Args:
+        vocab_size: number of token ids V.
+        block_size: the longest context (number of position embeddings).
+        n_layer: number of transformer blocks.
+        n_head: attention heads per block; divides ``n_embd``.
+        n_embd: model width D.
+        dropout: dropout on the embeddings, attention weights and residual branches, in training.
+        bias: biases in the linear layers and LayerNorms (GPT-2: True).
+        causal: causal attention (next-token models); False: bidirectional (masked-token models).
+        num_classes: class-conditional with this many classes (0: unconditional); label
+            ``num_classes`` is the null label.
+        activation: ``"gelu"`` or ``"gelu_tanh"`` (GPT-2 checkpoints).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.0,
+        bias: bool = False,
+        causal: bool = True,
+        num_classes: int = 0,
+        activation: Activation = "gelu",
+    ) -> None:
+        super().__init__()
+        for key, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer)):
+            if value < 1:
+                raise ConfigError(f"GPT: {key}={value} must be at least 1")
+        if n_head < 1 or n_embd % n_head:
+            raise ConfigError(f"GPT: n_head={n_head} must divide n_embd={n_embd}; change n_head or n_embd")
+        if num_classes < 0:
+            raise ConfigError(f"GPT: num_classes={num_classes} must be >= 0 (0: unconditional)")
+        if activation not in ("gelu", "gelu_tanh"):
+            raise ConfigError(f"GPT: activation={activation!r}; choose 'gelu' or 'gelu_tanh'")
+        self.vocab_size, self.block_size, self.num_classes = vocab_size, block_size, num_classes
+        self.n_layer, self.n_head, self.n_embd, self.causal = n_layer, n_head, n_embd, causal
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab_size, n_embd),
+                wpe=nn.Embedding(block_size, n_embd),
+                drop=nn.Dropout(dropout),
+                h=nn.ModuleList(
+                    Block(n_embd, n_head, dropout, bias, causal, activation) for _ in range(n_layer)
+                ),
+                ln_f=nn.LayerNorm(n_embd, eps=1e-5, bias=bias),
+            )
+        )
+        self.class_emb = nn.Embedding(num_classes + 1, n_embd) if num_classes > 0 else None
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one tensor
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections (GPT-2 sec. 2.3)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (the tied output weight counted once); ``non_embedding``: without the
+        position embeddings (nanoGPT's count; the token embedding stays, as it is the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def init_cache(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``block_size`` tokens.
+
+        Args:
+            batch_size: number of sequences B.
+            device: where the buffers live (default: the parameters' device).
+            dtype: their dtype (default: the parameters' dtype).
+        """
+        weight = self.transformer.wte.weight
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        shape = (batch_size, self.n_head, self.block_size, self.n_embd // self.n_head)
+        return KVCache(
+            keys=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layer)],
+            values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layer)],
+        )
+
+    def forward(self, idx: Tensor, cond: Optional[Tensor] = None, cache: Optional[KVCache] = None) -> Tensor:
+        """Next-token logits.
+
+        Args:
+            idx: (B, T) int64 token ids; with ``cache``, the new tokens only.
+            cond: (B,) int64 labels in [0, num_classes] (num_classes: the null label) when
+                ``num_classes > 0``, else None.
+            cache: a ``KVCache`` from ``init_cache``: the tokens take positions ``cache.length ..``,
+                their keys and values are appended and ``cache.length`` grows by T.
+
+        Returns:
+            (B, T, V) logits of the next token after each position of ``idx``.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"GPT: idx must be (B, T) int64 token ids, got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = 0 if cache is None else cache.length
+        if start + T > self.block_size:
+            where = f"{T} tokens" if cache is None else f"{T} new tokens after {start} cached ones"
+            raise ConfigError(
+                f"GPT: got {where}, more than block_size={self.block_size}: shorten the sequence "
+                f"(crop to the last {self.block_size} tokens) or raise model.net.init_args.block_size"
+            )
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"GPT: the cache holds {cache.batch_size} sequences but idx has {B}")
+        if cache is not None and not self.causal and start > 0:
+            raise ValueError("GPT: causal=False attends to later positions, so it cannot decode with a cache")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, D)
+        if self.class_emb is not None:
+            if cond is None or cond.shape != (B,) or cond.dtype != torch.long:
+                got = "None" if cond is None else f"{cond.dtype} {tuple(cond.shape)}"
+                raise ValueError(
+                    f"GPT: num_classes={self.num_classes}, so cond must be ({B},) int64 labels in "
+                    f"[0, {self.num_classes}] ({self.num_classes}: the null label), got {got}"
+                )
+            x = x + self.class_emb(cond)[:, None, :]  # the class embedding at every position
+        elif cond is not None:
+            raise ValueError("GPT: got class labels cond but num_classes=0 (an unconditional network)")
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x = block(x, kv, start)
+        if cache is not None:
+            cache.length = start + T
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
