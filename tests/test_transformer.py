@@ -152,6 +152,13 @@ def test_gpt2_weights_from_a_hugging_face_folder(tmp_path, safe):
         torch.testing.assert_close(net(idx), expected, rtol=0, atol=1e-5)
         short = load_gpt2(tmp_path, block_size=8)  # cropped context: the same logits on 8 tokens
         torch.testing.assert_close(short(idx[:, :8]), expected[:, :8], rtol=0, atol=1e-5)
+    if safe:  # the same weights as a network class for YAML (class_path + init_args: folder)
+        from lit_genai.ar.pretrained import PretrainedGPT2
+
+        yaml_net = PretrainedGPT2(str(tmp_path)).eval()
+        assert isinstance(yaml_net, GPT) and yaml_net.folder == str(tmp_path)
+        with torch.no_grad():
+            torch.testing.assert_close(yaml_net(idx), expected, rtol=0, atol=1e-5)
 
 
 def test_gpt2_folder_errors_are_one_line(tmp_path):

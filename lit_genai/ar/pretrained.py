@@ -144,3 +144,34 @@ def load_gpt2(folder: Union[str, Path], *, block_size: Optional[int] = None, dro
                 )
             param.copy_(value)
     return net.eval()
+
+
+class PretrainedGPT2(GPT):
+    """``load_gpt2`` as a network class, so a YAML can start from GPT-2's weights:
+    ``net: {class_path: lit_genai.ar.pretrained.PretrainedGPT2, init_args: {folder: gpt2/}}``
+    (with GPT-2 BPE data, ``tokenizer: gpt2``, whose vocabulary it shares).
+
+    The sizes come from the folder's ``config.json``; a checkpoint of a run that started here
+    rebuilds the network from the same folder, then loads its own (fine-tuned) weights over it.
+
+    Args:
+        folder: a local Hugging Face GPT-2 folder (``save_pretrained``'s output).
+        block_size: keep only the first ``block_size`` position embeddings (default: all).
+        dropout: dropout while fine-tuning.
+    """
+
+    def __init__(self, folder: str, block_size: Optional[int] = None, dropout: float = 0.0) -> None:
+        loaded = load_gpt2(folder, block_size=block_size, dropout=dropout)
+        activation = _ACTIVATIONS[_config(Path(folder)).get("activation_function", "gelu_new")]
+        super().__init__(
+            vocab_size=loaded.vocab_size,
+            block_size=loaded.block_size,
+            n_layer=loaded.n_layer,
+            n_head=loaded.n_head,
+            n_embd=loaded.n_embd,
+            dropout=dropout,
+            bias=True,
+            activation=activation,
+        )
+        self.load_state_dict(loaded.state_dict())
+        self.folder, self.dropout = folder, dropout
