@@ -17,13 +17,16 @@ What it measures
       ``torch.compile`` of the network (``NextToken(compile=True)`` on the Lightning side). The
       first steps compile, so ``--warmup`` should cover them; compilation time is not in the table.
 
-    One step is timed as the wall-clock interval between the ends of two consecutive steps
-    (``time.perf_counter``, after ``torch.cuda.synchronize`` on a GPU), so it includes fetching the
-    batch and every hook Lightning runs between steps. The first ``--warmup`` steps are discarded;
-    the table reports the median over the timed steps of all ``--rounds`` (the variants take turns,
-    so a machine whose speed drifts slows each alike). Every variant starts from the same weights on
-    the same batches with no randomness (dropout 0), so the eager losses agree to float round-off
-    and the compiled ones closely: the ``max |dloss|`` column checks that the loops do the same work.
+    The two loops run paired, step by step in one process (a callback runs the plain step on the
+    same batch after each Lightning step): a Lightning step is the interval from the end of the
+    previous plain step to the end of the Lightning step (batch fetch and every hook Lightning runs
+    included), a plain step the interval around it (``time.perf_counter``, after
+    ``torch.cuda.synchronize`` on a GPU). Alternating step by step makes a machine whose speed
+    drifts (other processes, clock changes) slow both alike; timing the variants one after the other
+    gave ratios from 0.89x to 1.21x on the same code. The first ``--warmup`` steps of each pair are
+    discarded (they also cover compilation); the table reports the median over all ``--rounds``.
+    Both start from the same weights on the same batches with no randomness (dropout 0), so their
+    losses agree to float round-off: the ``max |dloss|`` column checks that they do the same work.
 
 How to run
     python benchmarks/gpt_step.py                         # 100 timed steps, eager and compiled
@@ -72,55 +75,63 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_times(ends: list[float], warmup: int) -> list[float]:
-    """Per-step seconds of the timed steps: intervals between consecutive step ends."""
-    return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)]
+class PlainLoop:
+    """The hand-written loop, one ``step`` at a time: the reference."""
 
+    def __init__(self, vocab_size: int, device: torch.device, steps: int, compile: bool) -> None:
+        self.net = build_net(vocab_size).to(device).train()
+        self.model = torch.compile(self.net) if compile else self.net
+        self.opt = torch.optim.AdamW(parameter_groups(self.net, WEIGHT_DECAY), lr=LR, betas=BETAS)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: nanogpt_lr(step, LR, WARMUP, steps, MIN_LR) / LR
+        )
+        self.device = device
 
-def run_plain(
-    batches: list, vocab_size: int, device: torch.device, warmup: int, compile: bool
-) -> tuple[list[float], list[float]]:
-    """The hand-written loop; returns (timed step seconds, per-step losses)."""
-    net = build_net(vocab_size).to(device).train()
-    model = torch.compile(net) if compile else net
-    opt = torch.optim.AdamW(parameter_groups(net, WEIGHT_DECAY), lr=LR, betas=BETAS)
-    decay_steps = len(batches)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: nanogpt_lr(step, LR, WARMUP, decay_steps, MIN_LR) / LR
-    )
-    losses, ends = [], []
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)  # (B, T, V)
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        x, y = x.to(self.device), y.to(self.device)
+        logits = self.model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)
-        opt.step()
-        sched.step()
-        losses.append(loss.detach())
-        sync(device)
-        ends.append(time.perf_counter())
-    return step_times(ends, warmup), [float(v) for v in losses]
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), CLIP)
+        self.opt.step()
+        self.sched.step()
+        return loss.detach()
 
 
-class StepTimer(Callback):
-    """Records the end time and loss of every training step."""
+class Paired(Callback):
+    """After each Lightning step, runs one plain step on the same batch and times both.
 
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-        self.losses: list[Tensor] = []
+    Step i of Lightning is the interval from the end of the plain step i - 1 to the end of the
+    Lightning step i (so it holds the batch fetch and every hook Lightning runs between steps);
+    plain step i is the interval around ``PlainLoop.step``. The two alternate step by step, so a
+    machine whose speed drifts (other processes, clock changes) slows both alike.
+    """
+
+    def __init__(self, plain: PlainLoop, batches: list) -> None:
+        self.plain, self.batches = plain, batches
+        self.lightning: list[float] = []
+        self.plain_times: list[float] = []
+        self.losses: list[tuple[float, float]] = []
+        self.last = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.last = time.perf_counter()  # the first interval excludes Lightning's set-up
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.losses.append(outputs["loss"].detach())
         sync(pl_module.device)
-        self.ends.append(time.perf_counter())
+        end = time.perf_counter()
+        self.lightning.append(end - self.last)
+        plain_loss = self.plain.step(*self.batches[batch_idx])
+        sync(pl_module.device)
+        self.last = time.perf_counter()
+        self.plain_times.append(self.last - end)
+        self.losses.append((float(outputs["loss"]), float(plain_loss)))
 
 
-def run_lightning(
-    batches: list, vocab_size: int, device: torch.device, warmup: int, compile: bool
-) -> tuple[list[float], list[float]]:
-    """NextToken on lightning.Trainer; returns (timed step seconds, per-step losses)."""
+def run_pair(batches: list, vocab_size: int, device: torch.device, compile: bool) -> Paired:
+    """NextToken on lightning.Trainer, paired step by step with the plain loop."""
     model = NextToken(
         build_net(vocab_size),
         vocab_size=vocab_size,
@@ -132,7 +143,7 @@ def run_lightning(
         min_lr=MIN_LR,
         compile=compile,
     )
-    timer = StepTimer()
+    pair = Paired(PlainLoop(vocab_size, device, len(batches), compile), batches)
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -146,11 +157,11 @@ def run_lightning(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=1,
-        callbacks=[timer],
+        callbacks=[pair],
     )
     # batch_size=None: the DataLoader hands over the prepared batches unchanged.
     trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None))
-    return step_times(timer.ends, warmup), [float(v) for v in timer.losses]
+    return pair
 
 
 def compile_works() -> bool:
@@ -192,40 +203,41 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     batches, vocab_size = make_batches(args.batch_size, args.warmup + args.steps)
     n_params = build_net(vocab_size).num_params()
-    variants = {"plain PyTorch": (run_plain, False), "Lightning": (run_lightning, False)}
-    if compile:
-        variants.update({"plain + compile": (run_plain, True), "Lightning + compile": (run_lightning, True)})
-    results: dict[str, tuple[list[float], list[float]]] = {}
+    modes = [False, True] if compile else [False]
+    times: dict[str, list[float]] = {}
+    dloss: dict[str, float] = {}
     for _ in range(args.rounds):
-        for name, (run, compiled) in variants.items():
-            times, losses = run(batches, vocab_size, device, args.warmup, compiled)
-            results[name] = (results.get(name, ([], losses))[0] + times, losses)
+        for compiled in modes:
+            pair = run_pair(batches, vocab_size, device, compiled)
+            suffix = " + compile" if compiled else ""
+            for name, seconds in (("plain", pair.plain_times), ("Lightning", pair.lightning)):
+                times.setdefault(name + suffix, []).extend(seconds[args.warmup :])
+            dloss["Lightning" + suffix] = max(abs(a - b) for a, b in pair.losses)
+            dloss["plain" + suffix] = 0.0
 
     print(
         f"\nGPT training step (4 layers, 4 heads, 128 wide, context 64, {n_params / 1e6:.2f}M params, "
         f"V={vocab_size}), batch {args.batch_size} x {NET['block_size']}, {args.device}, torch threads "
-        f"{args.threads}, median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up each"
+        f"{args.threads}, median of {args.rounds} x {args.steps} paired steps after {args.warmup} warm-up"
     )
     header = f"{'variant':<21}{'ms/step':>9}{'min ms':>9}{'vs plain':>10}{'tok/s':>9}{'max |dloss|':>13}"
     print(header)
     print("-" * len(header))
-    plain_ms, plain_losses = statistics.median(results["plain PyTorch"][0]) * 1e3, results["plain PyTorch"][1]
-    ratios = {}
     tokens = args.batch_size * NET["block_size"]
-    for name, (times, losses) in results.items():
-        median = statistics.median(times) * 1e3
-        ratios[name] = median / plain_ms
-        dloss = max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True))
+    medians = {name: statistics.median(seconds) * 1e3 for name, seconds in times.items()}
+    for name, seconds in times.items():
+        reference = medians["plain + compile" if name.endswith("compile") else "plain"]
         print(
-            f"{name:<21}{median:>9.2f}{min(times) * 1e3:>9.2f}{ratios[name]:>9.3f}x"
-            f"{tokens / median * 1e3:>9.0f}{dloss:>13.2e}"
+            f"{name:<21}{medians[name]:>9.2f}{min(seconds) * 1e3:>9.2f}{medians[name] / reference:>9.3f}x"
+            f"{tokens / medians[name] * 1e3:>9.0f}{dloss[name]:>13.2e}"
         )
-    line = f"\nlightning / plain = {ratios['Lightning']:.3f}x step time (1.00x = no overhead)"
+    ratio = medians["Lightning"] / medians["plain"]
+    line = f"\nlightning / plain = {ratio:.3f}x step time (1.00x = no overhead)"
     if compile:
-        compiled = results["plain + compile"][0]
         line += (
             f"; compiled lightning / compiled plain = "
-            f"{statistics.median(results['Lightning + compile'][0]) / statistics.median(compiled):.3f}x"
+            f"{medians['Lightning + compile'] / medians['plain + compile']:.3f}x; "
+            f"compiled / eager plain = {medians['plain + compile'] / medians['plain']:.3f}x"
         )
     print(line)
 

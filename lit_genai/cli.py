@@ -16,11 +16,12 @@ Defaults that every experiment shares live here, so experiment files hold only t
   configure the callbacks of the same name (e.g. ``--ema.decay 0.999``,
   ``--evaluation.num_samples 10000``); add others, e.g. EarlyStopping, under ``trainer.callbacks``;
 - what the model must know about the data is linked from ``data`` into ``model``: each of
-  ``sample_shape``, ``vocab_size``, ``block_size``, ``num_classes`` and ``vocabulary`` that the data
-  module has and the model's ``__init__`` accepts (``docs/architecture.md``, "Data and model"), so
-  nobody types it twice and a token model needs no ``sample_shape``. The data's value is the one
-  used; a value set for the model (in a config, on the command line or by a checkpoint) that differs from both
-  the data's and the model's default stops the run with one line naming both.
+  ``sample_shape``, ``vocab_size``, ``block_size``, ``num_classes``, ``class_names``,
+  ``vocabulary`` and ``modality`` that the data module has and the model's ``__init__`` accepts
+  (``docs/architecture.md``, "Data and model"), so nobody types it twice and a token model needs
+  no ``sample_shape``. The data's value is the one used; a value set for the model (in a config,
+  on the command line or by a checkpoint) that differs from both the data's and the model's
+  default stops the run with one line naming both.
 
 ``lit-genai robustness`` (``lit_genai.robustness.RobustnessTrainer.robustness``) attacks a trained
 model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``, ``--num_examples``)
@@ -60,7 +61,15 @@ from lit_genai.robustness import RobustnessTrainer
 DEFAULT_RUNS_DIR = "runs"
 
 # Data-module attributes linked into the model's init argument of the same name, when both exist.
-LINKED_FROM_DATA = ("sample_shape", "vocab_size", "block_size", "num_classes", "vocabulary")
+LINKED_FROM_DATA = (
+    "sample_shape",
+    "vocab_size",
+    "block_size",
+    "num_classes",
+    "class_names",
+    "vocabulary",
+    "modality",
+)
 
 
 def wandb_logged_in() -> bool:

@@ -377,3 +377,143 @@ def test_wandb_offline_run_holds_the_text_samples(tiny_demo, tmp_path, monkeypat
     assert tables, "no text table in the W&B run folder"
     rows = json.loads(tables[-1].read_text())["data"]
     assert [r[0] for r in rows] == [0, 1] and all(r[1].startswith("\n") and len(r[1]) == 11 for r in rows)
+
+
+# ---------------------------------------------------------------------- labels chosen at sampling time
+
+
+def test_class_label_picks_a_class_by_name_or_index_for_every_sample():
+    net = tiny_gpt(7, num_classes=3)
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    model = NextToken(net, vocab_size=7, block_size=BLOCK, num_classes=3, class_names=["for", "if", "with"])
+    model.sample(2, max_new_tokens=1, class_label="with")
+    assert seen[-1].tolist() == [2, 2]
+    model.sample(2, cond=torch.tensor([0, 1]), max_new_tokens=1, class_label="1")  # overrides cond
+    assert seen[-1].tolist() == [1, 1]
+    model.class_label = "if"  # the module's setting (--model.class_label if), used by predict
+    model.predict_step(torch.arange(3))
+    assert seen[-1].tolist() == [1, 1, 1]
+    with pytest.raises(ConfigError, match=r"class_label='while' is not one of the model's classes \(for, if"):
+        model.sample(1, max_new_tokens=1, class_label="while")
+    unconditional = NextToken(tiny_gpt(7), vocab_size=7, block_size=BLOCK)
+    with pytest.raises(ConfigError, match="the model is unconditional"):
+        unconditional.sample(1, max_new_tokens=1, class_label="0")
+
+
+def test_help_topics_as_labels_link_through_the_command_line(tmp_path):
+    """``labels: true`` on pydoc_topics gives one class per topic, linked with its name into the
+    model, and ``predict --model.class_label <topic>`` conditions every sample on that topic."""
+    topics = len(CharText(name="pydoc_topics", labels=True, block_size=16).class_names)  # per Python version
+    tiny = {
+        "model": {
+            "init_args": {
+                "net": {
+                    "init_args": {
+                        "n_layer": 1,
+                        "n_head": 2,
+                        "n_embd": 16,
+                        "block_size": 16,
+                        "num_classes": topics,
+                    }
+                },
+                "max_new_tokens": 5,
+            }
+        },
+        "data": {"init_args": {"block_size": 16, "batch_size": 4, "predict_samples": 2, "labels": True}},
+        "trainer": {**TINY_CLI_TRAINER, "default_root_dir": str(tmp_path / "run")},
+        "samples": {"num_samples": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    args = ["--config", TEXT_DEMO, "--config", str(path)]
+    assert _run(["fit", *args]) == 0
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    names = ckpt["hyper_parameters"]["class_names"]
+    assert len(names) == ckpt["hyper_parameters"]["num_classes"] == topics > 50 and "for" in names
+    assert "class_label" not in ckpt["hyper_parameters"]  # a sampling option, set at predict time
+    assert _run(["predict", *args, "--ckpt_path", "last", "--model.class_label", "for"]) == 0
+    assert len(list((tmp_path / "run" / "predictions").glob("sample_*.txt"))) == 2
+
+
+# ---------------------------------------------------------------------- token sequences, target_offset 0
+
+
+class _SelfPredicting(torch.nn.Module):
+    """Logits at t from the tokens before t only (target_offset 0): a causal bag of previous tokens."""
+
+    target_offset = 0
+
+    def __init__(self, vocab_size: int, block_size: int) -> None:
+        super().__init__()
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.emb = torch.nn.Embedding(vocab_size, vocab_size)
+        self.bias = torch.nn.Parameter(torch.zeros(block_size, vocab_size))
+
+    def forward(self, idx, cond=None):
+        e = self.emb(idx)  # (B, N, V)
+        before = torch.cumsum(e, 1) - e  # tokens < t only
+        return before + self.bias
+
+
+def test_token_sequences_are_split_by_the_nets_target_offset():
+    seq = torch.randint(0, 5, (3, 8))
+    labels = torch.tensor([0, 1, 0])
+    gpt_model = NextToken(tiny_gpt(5), vocab_size=5, block_size=8)
+    x, y, c, _ = gpt_model._unpack((seq, labels))
+    assert torch.equal(x, seq[:, :-1]) and torch.equal(y, seq[:, 1:]) and c is None
+    model = NextToken(_SelfPredicting(5, 8), vocab_size=5, block_size=8)
+    x, y, c, _ = model._unpack((seq, labels))
+    assert torch.equal(x, seq) and torch.equal(y, seq)
+    with pytest.raises(
+        ConfigError, match="model.net.block_size=8 positions but the data's sequences have block_size=6"
+    ):
+        NextToken(_SelfPredicting(5, 8), vocab_size=5, block_size=6)
+
+
+def test_sequence_nll_nats_is_per_example_and_bpd_per_token(tmp_path):
+    net = _SelfPredicting(4, 6)
+    model = NextToken(net, vocab_size=4, block_size=6)
+    seq = torch.randint(0, 4, (10, 6))
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(seq, torch.zeros(10).long()), batch_size=4
+    )
+    trainer = quiet_trainer(tmp_path)
+    (result,) = trainer.test(model, data, verbose=False)
+    with torch.no_grad():
+        nll = F.cross_entropy(net(seq).flatten(0, 1), seq.flatten(), reduction="none").view(10, 6)
+    assert result["test/nll_nats"] == pytest.approx(nll.sum(1).mean().item(), rel=1e-5)
+    assert result["test/loss"] == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert result["test/bpd"] == pytest.approx(nll.mean().item() / math.log(2), rel=1e-5)
+
+
+def test_in_place_sampling_fills_every_position_in_order_and_keeps_the_prompt():
+    torch.manual_seed(0)
+    net = _SelfPredicting(6, 10)
+    model = NextToken(net, vocab_size=6, block_size=10)
+    a = model.sample(3, generator=torch.Generator().manual_seed(1))
+    b = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (3, 10) and torch.equal(a, b)
+    with torch.no_grad():
+        net.bias[4] = torch.tensor([0, 0, 0, 50.0, 0, 0])  # position 4 is (almost surely) token 3
+    prompted = model.sample(2, prompt="5 1", generator=torch.Generator().manual_seed(2))
+    assert prompted[:, :2].tolist() == [[5, 1], [5, 1]] and prompted[:, 4].tolist() == [3, 3]
+    greedy = model.sample(2, temperature=0.0)
+    with torch.no_grad():  # greedy: every token the argmax given the tokens before it
+        assert torch.equal(net(greedy).argmax(-1), greedy)
+
+
+@pytest.mark.parametrize("levels", [2, 256])
+def test_a_uniform_model_scores_exactly_log2_levels_bits_per_dimension(levels, tmp_path):
+    class Uniform(_SelfPredicting):
+        def forward(self, idx, cond=None):
+            return torch.zeros(*idx.shape, self.vocab_size) + 0 * self.bias.sum()  # (B, N, L) equal logits
+
+    n = 12  # a 2 x 2 x 3 "image" per sequence
+    model = NextToken(Uniform(levels, n), vocab_size=levels, block_size=n)
+    pixels = torch.utils.data.TensorDataset(torch.randint(0, levels, (6, n)), torch.zeros(6).long())
+    (result,) = quiet_trainer(tmp_path).test(
+        model, torch.utils.data.DataLoader(pixels, batch_size=4), verbose=False
+    )
+    assert result["test/bpd"] == pytest.approx(math.log2(levels), abs=1e-6)
+    assert result["test/nll_nats"] == pytest.approx(n * math.log(levels), rel=1e-6)

@@ -123,3 +123,77 @@ def test_bad_options_are_one_line(kwargs, match):
     with pytest.raises(ConfigError, match=match) as err:
         generate(tiny(), torch.zeros(1, 1, dtype=torch.long), 3, **kwargs)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------- generate_in_place: target_offset 0 (GatedPixelCNN)
+
+
+def pixelcnn(shape, levels=4, **kwargs):
+    from lit_genai.nn.pixelcnn import GatedPixelCNN
+
+    torch.manual_seed(0)
+    return GatedPixelCNN(shape, levels, **{"hidden": 12, "n_layers": 3, "output_hidden": 24, **kwargs})
+
+
+class CountingForward:
+    """Counts a net's forward passes (the fast sampler makes none)."""
+
+    def __init__(self, net):
+        self.calls, self.net = 0, net
+        self.hook = net.register_forward_hook(lambda *args: setattr(self, "calls", self.calls + 1))
+
+
+@pytest.mark.parametrize(
+    "shape,net_kwargs,options",
+    [
+        ((1, 6, 6), {}, {}),
+        ((1, 6, 6), {"num_classes": 3}, {"cond": torch.tensor([0, 1, 2, 3]), "prompt_rows": 2}),
+        ((3, 4, 5), {}, {"prompt_rows": 1, "top_k": 3}),
+        ((3, 4, 5), {"num_classes": 2}, {"cond": torch.tensor([1, 0, 2, 1]), "temperature": 1.7}),
+        ((3, 4, 5), {}, {"prompt": 7, "top_p": 0.8}),  # a prompt ending inside a pixel
+        ((1, 5, 4), {"input": "embedding"}, {"prompt_rows": 2, "per_row": True}),
+        ((3, 4, 4), {}, {"temperature": 0.0, "prompt_rows": 1}),
+    ],
+)
+def test_in_place_fast_sampler_draws_the_same_tokens_as_full_passes(shape, net_kwargs, options):
+    from lit_genai.ar.sampling import generate_in_place
+
+    levels = 6 if net_kwargs.get("input") == "embedding" else 4
+    net = pixelcnn(shape, levels, **net_kwargs)
+    C, H, W = shape
+    options = dict(options)
+    T0 = options.pop("prompt_rows", 0) * W * C + options.pop("prompt", 0)
+    prompt = torch.randint(0, levels, (4, T0)) if T0 else None
+    per_row = options.pop("per_row", False)
+
+    def run(fast):
+        generator = [gen(20 + i) for i in range(4)] if per_row else gen(20)
+        counter = CountingForward(net)
+        out = generate_in_place(
+            net, 4, net.block_size, prompt=prompt, generator=generator, fast=fast, **options
+        )
+        counter.hook.remove()
+        return out, counter.calls
+
+    (fast, fast_calls), (slow, slow_calls) = run(True), run(False)
+    assert fast.shape == (4, C * H * W) and fast.dtype == torch.long
+    assert torch.equal(fast, slow)
+    assert (fast_calls, slow_calls) == (0, C * H * W - T0)  # the fast path made no full pass
+    if prompt is not None:
+        assert torch.equal(fast[:, :T0], prompt)
+    assert len(fast.unique()) > 1 and net.training  # not a constant image; the net's mode restored
+
+
+def test_in_place_without_a_fast_sampler_or_for_another_length_uses_full_passes():
+    from lit_genai.ar.sampling import generate_in_place
+
+    net = pixelcnn((1, 4, 4))
+    counter = CountingForward(net)
+    reference = generate_in_place(net, 3, 16, generator=gen(4))
+    assert counter.calls == 0
+    net.sample_in_place = None  # a net without the method: the generic loop, the same tokens
+    assert torch.equal(generate_in_place(net, 3, 16, generator=gen(4)), reference)
+    assert counter.calls == 16
+    del net.sample_in_place
+    generate_in_place(net, 3, 8, generator=gen(4))  # two rows only: not the net's block, full passes
+    assert counter.calls == 16 + 8

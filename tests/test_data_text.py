@@ -464,3 +464,25 @@ def test_gpt2_without_tiktoken_or_offline_is_one_line(tmp_path, monkeypatch):
         CharText(path=str(path), tokenizer="gpt2", block_size=8)
     message = _one_line(err)
     assert "Max retries exceeded" in message and "TIKTOKEN_CACHE_DIR" in message
+
+
+def test_help_topics_as_labels_are_one_document_per_topic():
+    from pydoc_data.topics import topics
+
+    data = CharText(name="pydoc_topics", labels=True, block_size=16, batch_size=8, steps_per_epoch=4)
+    assert data.class_names == sorted(topics) and data.num_classes == len(topics)
+    data.setup("fit")
+    x, y, c = next(iter(data.train_dataloader()))
+    for row, label in zip(x, c, strict=True):  # each window lies inside its topic's text
+        assert data.decode(row[None])[0] in topics[data.class_names[label]]
+    with pytest.warns(UserWarning, match="help topics have training parts shorter than"):
+        long = CharText(name="pydoc_topics", labels=True, block_size=300)
+    assert 0 < long.num_classes < len(topics) and len(long.class_names) == long.num_classes
+    assert all(int(len(topics[n]) * 0.9) >= 301 for n in long.class_names)
+
+
+def test_tiny_shakespeare_has_no_labels_and_says_how_to_get_them(tmp_path):
+    (tmp_path / "tinyshakespeare.txt").write_text("ROMEO:\nhello there\n" * 20)
+    with pytest.raises(ConfigError, match="plays run together without titles") as err:
+        CharText(name="tiny_shakespeare", root=str(tmp_path), labels=True)
+    assert "one .txt per play" in _one_line(err)

@@ -205,3 +205,29 @@ def test_classification_accuracy_score_of_a_conditional_model(tmp_path):
     metrics = _test(tmp_path, RealDigits(), [evaluation])
     assert metrics["test/cas"] > 0.6
     assert metrics["test/cas_real"] > 0.6
+
+
+class _PixelDigits(RealDigits):
+    """RealDigits whose samples are their digits as 256-level pixel tokens (B, 784) int64, like a
+    PixelCNN's."""
+
+    def sample(self, n, *, cond=None, generator=None, ignore_labels=None):
+        from lit_genai.data.pixels import image_to_tokens
+
+        return image_to_tokens(super().sample(n, cond=cond, generator=generator), 256)
+
+
+def test_a_token_model_is_scored_on_decoded_images_against_the_wrapped_images(tmp_path):
+    """Pixel (or VQ) token samples go through the data module's decode, and the reference is the
+    wrapped image data module's images: the same digits as tokens score exactly as the images."""
+    from lit_genai.data.pixels import ImagePixels
+
+    def evaluate(module, data):
+        evaluation = Evaluation(num_samples=40, batch_size=20, num_real=80, cache_dir=str(tmp_path / "cache"))
+        return _test(tmp_path, module, [evaluation], data)
+
+    as_images = evaluate(RealDigits(), MNIST5k(batch_size=16))
+    as_tokens = evaluate(_PixelDigits(), ImagePixels(MNIST5k(batch_size=16), levels=256, batch_size=16))
+    assert as_tokens["test/fid_mnist"] == pytest.approx(as_images["test/fid_mnist"], rel=1e-5)
+    assert as_tokens["test/cond_acc_mnist"] == as_images["test/cond_acc_mnist"] > 0.9
+    assert len(list((tmp_path / "cache").glob("MNIST5k-train-mnist-80-*.pt"))) == 1  # one real set

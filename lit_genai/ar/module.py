@@ -11,23 +11,29 @@ or None) -> logits (B, T, V)``); the sampling loop lives in ``lit_genai.ar.sampl
 wires them together and keeps the generative-module contract (docs/architecture.md, "Generative
 modules"): ``sample`` returns token ids (n, T), ``modality`` says which media route they take.
 
-Likelihood metrics (docs/architecture.md, "Metric names"), all from the exact NLL of the next
-token, averaged over every token of the split:
-    ``<stage>/loss`` = ``<stage>/nll_nats``: mean NLL per token in nats (here per token, not per
-        sequence: a sequence is just a window of the text);
+Batches: text pairs ``(x, y[, c])`` (``data.text.CharText``) or token sequences
+``(tokens, labels)`` (``data.tokens.ImageTokens``, ``data.pixels.ImagePixels``), split into inputs
+and targets by the net's ``target_offset`` (1: logits at t predict token t + 1, GPT; 0: they
+predict token t from the tokens before it, PixelCNN); see ``NextToken._unpack``.
+
+Likelihood metrics (docs/architecture.md, "Metric names"), all from the exact NLL of every target
+token of the split:
+    ``<stage>/loss``: mean NLL per token in nats;
+    ``<stage>/nll_nats``: NLL per example: an image's (a sequence's) summed NLL for token
+        sequences, as PixelCNN papers report nats per image; per token for text windows (a window
+        is just a slice of the text);
     ``<stage>/ppl`` = exp(loss): perplexity per token;
-    ``<stage>/bpd`` = loss / ln 2: bits per token, i.e. bits per character for the char tokenizer.
+    ``<stage>/bpd`` = loss / ln 2: bits per token, i.e. bits per character for the char tokenizer
+        and bits per dimension for pixels.
 
 Shape legend: B batch, T tokens (block_size), V vocabulary size.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,106 +42,29 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.ar.sampling import generate
+from lit_genai.ar.sampling import generate, generate_in_place
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.metrics.likelihood import bits_per_dim, perplexity
+from lit_genai.token_models import (  # noqa: F401  (nanogpt_lr & co. are also importable from here)
+    TokenTraining,
+    decay_parameter_names,
+    load_net_weights,
+    nanogpt_lr,
+    parameter_groups,
+)
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
 # command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
-SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "prompt")
+SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "prompt", "class_label")
 
 Prompt = Union[str, Sequence[int], Tensor, None]
-
-
-# ---------------------------------------------------------------------- optimisation (pure)
-
-
-def nanogpt_lr(step: int, lr: float, warmup_steps: int, decay_steps: Optional[int], min_lr: float) -> float:
-    """The learning rate at optimisation step ``step`` (0-based): nanoGPT ``train.py`` ``get_lr``.
-
-    Linear warm-up ``lr (step + 1) / (warmup_steps + 1)`` for ``step < warmup_steps``, then a cosine
-    from ``lr`` down to ``min_lr`` at ``step = decay_steps``, then ``min_lr``. ``decay_steps=None``
-    keeps ``lr`` after the warm-up.
-    """
-    if step < warmup_steps:
-        return lr * (step + 1) / (warmup_steps + 1)
-    if decay_steps is None:
-        return lr
-    if step > decay_steps or decay_steps <= warmup_steps:
-        return min_lr
-    ratio = (step - warmup_steps) / (decay_steps - warmup_steps)  # in [0, 1]
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
-
-
-def decay_parameter_names(net: nn.Module) -> tuple[list[str], list[str]]:
-    """(names that get weight decay, names that do not), as nanoGPT's ``configure_optimizers``.
-
-    Every parameter with two or more dimensions (the weights of linear layers) decays; biases and
-    norm gains (one dimension) do not, and, unlike nanoGPT, neither do embeddings (``nn.Embedding``
-    weights, and so a token embedding tied to the output layer). Each shared parameter is listed
-    once, under its first name (``named_parameters``).
-    """
-    embeddings = {id(m.weight) for m in net.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for name, p in net.named_parameters():
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(name)
-    return decay, no_decay
-
-
-def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: ``decay_parameter_names`` with ``weight_decay``, the rest with 0.
-
-    Each group also carries its parameter ``names`` (kept by torch optimisers, plain strings)."""
-    params = dict(net.named_parameters())
-    decay, no_decay = decay_parameter_names(net)
-    groups = [
-        {"params": [params[n] for n in decay], "weight_decay": weight_decay, "names": decay},
-        {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "names": no_decay},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-# ---------------------------------------------------------------------- loading weights
-
-
-def load_net_weights(net: nn.Module, path: str, key: str = "model.init_from") -> None:
-    """Copy the ``net.`` weights of a lit_genai checkpoint into ``net`` (fine-tuning).
-
-    Read with ``torch.load(weights_only=True)``; the checkpoint's training weights (not an EMA) are
-    used. A missing or unreadable file, a checkpoint without ``net.`` weights, and weights of other
-    names or shapes are one ``ConfigError`` line each, naming ``key``.
-    """
-    where = f"{key}={path}"
-    if not Path(path).expanduser().is_file():
-        raise ConfigError(f"{where}: no such checkpoint file; pass a checkpoint saved by lit-genai fit")
-    try:
-        checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors alike: the file is not usable
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise ConfigError(f"{where}: cannot read the checkpoint ({first})") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    weights = {k[len("net.") :]: v for k, v in (state or {}).items() if k.startswith("net.")}
-    if not weights:
-        raise ConfigError(f"{where}: holds no net.* weights; pass a checkpoint of a module with a `net`")
-    own = net.state_dict()
-    for name, value in weights.items():
-        if name in own and own[name].shape != value.shape:
-            raise ConfigError(
-                f"{where}: net.{name} has shape {list(value.shape)} there but {list(own[name].shape)} "
-                "here: give model.net the checkpoint's network settings"
-            )
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    if missing or unexpected:
-        what = f"lacks net.{missing[0]}" if missing else f"has net.{unexpected[0]}, which model.net lacks"
-        raise ConfigError(f"{where}: {what}: give model.net the checkpoint's network settings")
-    net.load_state_dict(weights, strict=True)
 
 
 # ---------------------------------------------------------------------- the module
 
 
-class NextToken(LightningModule):
+class NextToken(TokenTraining, LightningModule):
     """Next-token prediction: cross-entropy of every position's logits, sampling token by token.
 
     Args:
@@ -147,6 +76,8 @@ class NextToken(LightningModule):
             (``net.block_size``) must be at least this long.
         num_classes: Classes the data offers (0 = unlabelled); linked from the data module. The
             network decides whether they are used.
+        class_names: The name of each class (e.g. the help topic or file of a document); linked
+            from the data, so ``class_label`` can name a class.
         vocabulary: The symbol of each token id (characters for char-level text); linked from the
             data, so a checkpoint encodes prompts and decodes samples without the data on disk.
         modality: Which media route the samples take: token ids of ``text``, or of quantised
@@ -173,6 +104,9 @@ class NextToken(LightningModule):
         prompt: Text every sample starts with (encoded with ``vocabulary``; without a vocabulary,
             token ids separated by spaces or commas). None: a newline when the vocabulary has one,
             else token 0.
+        class_label: Condition every sample on this class: its name in ``class_names`` or its
+            index (a class-conditional net only). None: ``predict`` cycles through the classes
+            (sample i gets class i mod num_classes) and ``sample`` uses the given ``cond``.
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
     """
 
@@ -187,6 +121,7 @@ class NextToken(LightningModule):
         vocab_size: int = 65,
         block_size: int = 256,
         num_classes: int = 0,
+        class_names: Optional[list[str]] = None,
         vocabulary: Optional[list[str]] = None,
         modality: Literal["text", "audio", "image"] = "text",
         p_uncond: float = 0.0,
@@ -202,6 +137,7 @@ class NextToken(LightningModule):
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         prompt: Optional[str] = None,
+        class_label: Optional[str] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -213,7 +149,8 @@ class NextToken(LightningModule):
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
         self.optimizer = optimizer
         self.max_new_tokens, self.temperature, self.prompt = max_new_tokens, temperature, prompt
-        self.top_k, self.top_p = top_k, top_p
+        self.top_k, self.top_p, self.class_label = top_k, top_p, class_label
+        self.class_names = list(class_names) if class_names is not None else None
         paradigm.check_net(net, "model.net", vocab_size=vocab_size, num_classes=num_classes)
         context = getattr(net, "block_size", None)
         if context is not None and context < block_size:
@@ -226,28 +163,35 @@ class NextToken(LightningModule):
                 f"model.vocabulary has {len(self.vocabulary)} symbols but vocab_size={vocab_size}: "
                 "remove model.init_args.vocabulary, the command line links it from the data"
             )
-        self._nll_total: Optional[Tensor] = None  # (2,): summed NLL (nats) and tokens of this evaluation
+        # Logits at position t predict token t + 1 (GPT) or token t itself (PixelCNN): ``_unpack``.
+        self.target_offset = int(getattr(net, "target_offset", 1))
+        if self.target_offset == 0 and context is not None and context != block_size:
+            raise ConfigError(
+                f"model.net.block_size={context} positions but the data's sequences have "
+                f"block_size={block_size}: give model.net the data's shape"
+            )
+        self._sequences = False  # whether the last batch held token sequences (not text pairs)
+        self._nll_total: Optional[Tensor] = None  # (3,): summed NLL (nats), tokens, examples
         self.__dict__["_compiled"] = None  # torch.compile(net), outside the module tree (no state-dict keys)
 
     # ------------------------------------------------------------------ training and evaluation
 
-    def forward(self, idx: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """(B, T) token ids, (B,) labels -> logits (B, T, V), through the compiled net when asked for."""
+    def forward(self, idx: Tensor, cond: Optional[Tensor] = None, local: Optional[Tensor] = None) -> Tensor:
+        """(B, T) token ids, (B,) labels, (B, C, frames) local features -> logits (B, T, V), through
+        the compiled net when asked for."""
         net = self._training_net()
-        return net(idx, cond) if self.num_classes > 0 else net(idx)
-
-    def setup(self, stage: str) -> None:
-        # Before Lightning restores a --ckpt_path, so a resumed fine-tuning run keeps its own weights.
-        if stage == "fit" and self.hparams.get("init_from"):
-            load_net_weights(self.net, self.hparams.init_from)
+        cond = cond if self.num_classes > 0 else None
+        if local is not None:  # local conditioning (WaveNet on log-mel frames)
+            return net(idx, cond, local=local)
+        return net(idx, cond) if cond is not None else net(idx)
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        x, y, c = self._unpack(batch)  # (B, T), (B, T), (B,) or None
+        x, y, c, local = self._unpack(batch)  # (B, T), (B, T), (B,) or None, (B, C, frames) or None
         if c is not None and self.hparams.p_uncond > 0:
             # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
             u = paradigm.this_rank(lambda n: torch.rand(n, device=c.device), c.shape[0], self._trainer)
             c = torch.where(u < self.hparams.p_uncond, torch.full_like(c, self.num_classes), c)
-        loss = self._token_nll(x, y, c).mean()
+        loss = self._token_nll(x, y, c, local).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -269,25 +213,6 @@ class NextToken(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_likelihood("test")
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer(parameter_groups(self.net, self.hparams.weight_decay))
-        warmup, decay_steps = self.hparams.warmup_steps, self.hparams.lr_decay_steps
-        if decay_steps is None and self._trainer is not None and (self.trainer.max_steps or 0) > 0:
-            decay_steps = self.trainer.max_steps
-        if warmup <= 0 and decay_steps is None:
-            return optimizer
-        lr = optimizer.defaults["lr"]
-        min_lr = lr / 10 if self.hparams.min_lr is None else self.hparams.min_lr
-
-        def factor(step: int) -> float:  # LambdaLR multiplies each group's initial LR (all equal lr)
-            return nanogpt_lr(step, lr, warmup, decay_steps, min_lr) / lr
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ------------------------------------------------------------------ sampling
-
-    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -299,35 +224,81 @@ class NextToken(LightningModule):
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
+        class_label: Optional[str] = None,
+        local: Optional[Tensor] = None,
         progress: bool = False,
     ) -> Tensor:
-        """Draw ``n`` sequences: token ids (n, T0 + max_new_tokens), the prompt's T0 tokens first.
+        """Draw ``n`` sequences: token ids (n, T0 + max_new_tokens), the prompt's T0 tokens first;
+        for a net with ``target_offset = 0`` (PixelCNN), (n, block_size): every position of a
+        sequence (an image), after the prompt's tokens if one is given.
 
         ``prompt``: text (encoded with the vocabulary), token ids, or None for the module's
         ``prompt`` setting. ``cond`` (n,) labels of a class-conditional model (None: the null
         label). The same ``generator`` seed gives the same sequences; it may also be one generator
         per sample (``paradigm.sample_generators``). Options default to the module's settings.
-        ``progress`` shows a bar over the new tokens.
+        ``local`` (n, C, frames): local conditioning features covering the prompt and the new
+        tokens (a WaveNet vocoder's log-mel frames), for a net that takes them. ``progress`` shows
+        a bar over the new tokens.
         """
-        start = self.encode(self.prompt if prompt is None else prompt).to(self.device)  # (T0,)
-        idx = start.unsqueeze(0).expand(n, -1).contiguous()  # (n, T0)
+        label = self.class_label if class_label is None else class_label
+        if label is not None:  # one class for every sample, by name or index
+            cond = torch.full((n,), self.class_index(label), device=self.device)
         if self.num_classes > 0:
             cond = torch.full((n,), self.num_classes, device=self.device) if cond is None else cond
             cond = cond.to(self.device, torch.long)
         else:
             cond = None
+        temperature = self.temperature if temperature is None else temperature
+        top_k, top_p = (self.top_k if top_k is None else top_k), (self.top_p if top_p is None else top_p)
+        if self.target_offset == 0:  # fill all block_size positions in order, the prompt's first
+            prompt = self.prompt if prompt is None else prompt
+            return generate_in_place(
+                self.net,
+                n,
+                self.block_size,
+                prompt=None if prompt is None or prompt == "" else self.encode(prompt),
+                cond=cond,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                device=self.device,
+                progress=progress,
+            )  # (n, block_size)
+        start = self.encode(self.prompt if prompt is None else prompt).to(self.device)  # (T0,)
+        idx = start.unsqueeze(0).expand(n, -1).contiguous()  # (n, T0)
         with paradigm.eval_mode(self.net):
             return generate(
                 self.net,
                 idx,
                 self.max_new_tokens if max_new_tokens is None else max_new_tokens,
                 cond=cond,
-                temperature=self.temperature if temperature is None else temperature,
-                top_k=self.top_k if top_k is None else top_k,
-                top_p=self.top_p if top_p is None else top_p,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
                 generator=generator,
+                local=None if local is None else local.to(self.device),
                 progress=progress,
             )  # (n, T0 + max_new_tokens)
+
+    def class_index(self, label: Union[str, int]) -> int:
+        """A class given by name (``class_names``) or index -> its index; one ``ConfigError`` line
+        for an unconditional model or an unknown class."""
+        if self.num_classes == 0:
+            raise ConfigError(
+                f"model.class_label={label!r} but the model is unconditional: train with "
+                "data.init_args.labels true and a class-conditional net (model.net.init_args.num_classes)"
+            )
+        if isinstance(label, str) and self.class_names is not None and label in self.class_names:
+            return self.class_names.index(label)
+        if isinstance(label, int) or (isinstance(label, str) and label.strip().isdigit()):
+            index = int(label)
+            if 0 <= index < self.num_classes:
+                return index
+        known = (
+            ", ".join(self.class_names[:8]) + ", ..." if self.class_names else f"0 .. {self.num_classes - 1}"
+        )
+        raise ConfigError(f"model.class_label={label!r} is not one of the model's classes ({known})")
 
     def encode(self, prompt: Prompt) -> Tensor:
         """A prompt as token ids (T0,) int64: text through the vocabulary, ids as they are.
@@ -351,69 +322,53 @@ class NextToken(LightningModule):
             return torch.tensor([int(t) for t in re.findall(r"\d+", prompt)], dtype=torch.long)
         return torch.tensor(self._encode_text(prompt), dtype=torch.long)
 
-    def decode(self, ids: Tensor) -> list[str]:
-        """(B, T) token ids -> B strings through the vocabulary (the data module's ``decode`` does
-        the same for char data; this one needs no data)."""
-        if self.vocabulary is None:
-            raise ConfigError("decode needs model.vocabulary (linked from character-level data)")
-        return ["".join(self.vocabulary[i] for i in row) for row in ids.tolist()]
+    def _unpack(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """A batch -> inputs x, targets y, labels (B,) or None (unused by an unconditional net),
+        local features (B, C, frames) or None.
 
-    # ------------------------------------------------------------------ helpers
+        Text pairs ``(x (B, T), y (B, T)[, c (B,)])`` are used as they are. Token sequences
+        ``(tokens (B, N), labels (B,)[, local (B, C, frames)])`` (image tokens, pixels, audio with
+        its log-mel frames) are split by the net's ``target_offset``: 1 -> x = tokens[:, :-1],
+        y = tokens[:, 1:]; 0 -> x = y = tokens.
+        """
+        self._sequences = len(batch) in (2, 3) and batch[1].dim() == 1
+        local = None
+        if self._sequences:
+            tokens, c = batch[0], batch[1]
+            x, y = (tokens, tokens) if self.target_offset == 0 else (tokens[:, :-1], tokens[:, 1:])
+            local = batch[2] if len(batch) == 3 else None
+        else:
+            x, y = batch[0], batch[1]
+            c = batch[2] if len(batch) > 2 else None
+        return x, y, (c if self.num_classes > 0 else None), local
 
-    def _training_net(self) -> nn.Module:
-        if not self.hparams.get("compile"):
-            return self.net
-        if self._compiled is None:
-            self.__dict__["_compiled"] = torch.compile(self.net)
-        return self._compiled
-
-    def _unpack(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """(x, y) or (x, y, c) -> x (B, T), y (B, T), labels (B,) or None (unused by an unconditional net)."""
-        x, y = batch[0], batch[1]
-        c = batch[2] if len(batch) > 2 and self.num_classes > 0 else None
-        return x, y, c
-
-    def _token_nll(self, x: Tensor, y: Tensor, c: Optional[Tensor]) -> Tensor:
+    def _token_nll(self, x: Tensor, y: Tensor, c: Optional[Tensor], local: Optional[Tensor] = None) -> Tensor:
         """NLL in nats of every target token, (B * T,): the cross-entropy of the logits (B, T, V)."""
-        logits = self(x, c)  # (B, T, V); bf16 under bf16-mixed, so the softmax is taken in float32
+        logits = self(x, c, local)  # (B, T, V); bf16 under bf16-mixed, so the softmax is taken in float32
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
 
     def _accumulate_nll(self, batch: Sequence[Tensor]) -> None:
-        nll = self._token_nll(*self._unpack(batch)).detach()  # (B * T,)
-        total = torch.stack([nll.sum(), torch.tensor(float(nll.numel()), device=nll.device)])
+        x, y, c, local = self._unpack(batch)
+        nll = self._token_nll(x, y, c, local).detach()  # (B * T,)
+        examples = float(y.shape[0]) if self._sequences else float(nll.numel())
+        count = torch.tensor([float(nll.numel()), examples], device=nll.device)
+        total = torch.cat([nll.sum()[None], count])  # (3,): nats, tokens, examples
         self._nll_total = total if self._nll_total is None else self._nll_total + total
 
     def _log_likelihood(self, stage: str) -> None:
-        """``<stage>/loss`` (= ``nll_nats``), ``ppl`` and ``bpd`` from the mean NLL per token of the
-        whole split, summed over the ranks' batches first (so ppl is exp of the split's mean)."""
+        """``<stage>/loss`` (mean NLL per token), ``nll_nats``, ``ppl`` and ``bpd`` of the whole
+        split, summed over the ranks' batches first (so ppl is exp of the split's mean).
+
+        ``nll_nats`` is per example: per sequence (an image's summed NLL, as PixelCNN papers report)
+        for token-sequence data, per token for text windows (a window is not an example).
+        ``bpd`` is bits per token: per character for char text, per dimension for pixels.
+        """
         if self._nll_total is None:
             return
-        total = self.trainer.strategy.reduce(self._nll_total, reduce_op="sum")  # (2,) over ranks
+        total = self.trainer.strategy.reduce(self._nll_total, reduce_op="sum")  # (3,) over ranks
         nll = total[0] / total[1]
         self._nll_total = None
         self.log(f"{stage}/loss", nll, prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/nll_nats", nll, sync_dist=True)
+        self.log(f"{stage}/nll_nats", total[0] / total[2], sync_dist=True)
         self.log(f"{stage}/ppl", perplexity(nll), sync_dist=True)
-        self.log(f"{stage}/bpd", bits_per_dim(nll, 1), sync_dist=True)  # bits per token (character)
-
-    def _encode_text(self, text: str) -> list[int]:
-        """Greedy longest match of the vocabulary's symbols (one character each for char data)."""
-        ids = {s: i for i, s in enumerate(self.vocabulary)}
-        longest = max(len(s) for s in self.vocabulary)
-        out, i, unknown = [], 0, []
-        while i < len(text):
-            for length in range(min(longest, len(text) - i), 0, -1):
-                if text[i : i + length] in ids:
-                    out.append(ids[text[i : i + length]])
-                    i += length
-                    break
-            else:
-                unknown.append(text[i])
-                i += 1
-        if unknown:
-            shown = "".join(sorted(set(unknown)))
-            raise ConfigError(
-                f"model.prompt has characters outside the vocabulary: {shown!r}; use only the "
-                "training text's characters"
-            )
-        return out
+        self.log(f"{stage}/bpd", bits_per_dim(nll, 1), sync_dist=True)

@@ -17,7 +17,7 @@ Shape legend: B batch, V vocabulary, T0 prompt tokens, N new tokens.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -108,6 +108,7 @@ def generate(
     top_p: Optional[float] = None,
     generator: paradigm.Generators = None,
     use_cache: bool = True,
+    local: Optional[Tensor] = None,
     progress: bool = False,
 ) -> Tensor:
     """Autoregressive sampling: the prompt followed by ``max_new_tokens`` drawn tokens.
@@ -128,7 +129,13 @@ def generate(
         temperature, top_k, top_p: the filters of ``filter_logits``; temperature 0 is greedy.
         generator: one ``torch.Generator`` for the batch or one per row (row i draws from
             ``generator[i]`` only), or None (the global generator).
-        use_cache: decode incrementally with the key/value cache (False: recompute every step).
+        use_cache: decode incrementally with the net's cache (False: recompute every step). A cache
+            with ``rolling = True`` (WaveNet's per-layer queues, Paine et al. 2016) never fills:
+            stepping goes on past ``block_size``, and a prompt of any length fills it.
+        local: (B, C, frames) local conditioning features of a net that takes them
+            (``nn.wavenet.WaveNet(local_channels=C)``), covering the prompt and the new tokens;
+            passed as ``local=`` to every call, with ``offset`` (the window's first position) when
+            a window of the last ``block_size`` tokens is recomputed.
         progress: show a tqdm bar over the new tokens.
 
     Returns:
@@ -148,9 +155,13 @@ def generate(
     if max_new_tokens == 0:
         return seq
     steps = tqdm(range(max_new_tokens), desc="generate", unit="tok", disable=not progress, leave=False)
+    extra = {} if local is None else {"local": local}
     with paradigm.eval_mode(net):
-        cache = net.init_cache(B, device=seq.device) if use_cache and seq.shape[1] <= block else None
-        logits = net(seq[:, -block:], cond, cache=cache)[:, -1]  # (B, V)
+        cache = net.init_cache(B, device=seq.device) if use_cache else None
+        rolling = bool(getattr(cache, "rolling", False))  # a cache that never fills (WaveNet's queues)
+        if cache is not None and not rolling and seq.shape[1] > block:
+            cache = None  # the prompt alone overflows the KV cache
+        logits = _step(net, seq, block, cond, cache, rolling, extra)  # (B, V)
         tokens = [seq]
         length = seq.shape[1]
         for step in steps:
@@ -162,11 +173,109 @@ def generate(
             length += 1
             if step == max_new_tokens - 1:
                 break
-            if cache is not None and length <= block:
-                logits = net(nxt[:, None], cond, cache=cache)[:, -1]
+            if cache is not None and (rolling or length <= block):
+                logits = net(nxt[:, None], cond, cache=cache, **extra)[:, -1]
             else:  # context full (or no cache): recompute over the last block_size tokens
                 cache = None
                 seq = torch.cat(tokens, dim=1)
                 tokens = [seq]
-                logits = net(seq[:, -block:], cond)[:, -1]
+                logits = _step(net, seq, block, cond, None, False, extra)
     return torch.cat(tokens, dim=1)
+
+
+def _step(
+    net: nn.Module, seq: Tensor, block: int, cond: Optional[Tensor], cache: Any, rolling: bool, extra: dict
+) -> Tensor:
+    """The last position's logits (B, V) of a pass without a cache, or one filling a fresh cache:
+    over the last ``block_size`` tokens, or the whole prompt for a rolling cache. With local
+    features (``extra["local"]``, aligned with position 0), a window tells the net where it starts
+    (``offset``)."""
+    if cache is not None and rolling:
+        return net(seq, cond, cache=cache, **extra)[:, -1]
+    start = max(seq.shape[1] - block, 0)
+    if "local" in extra:
+        return net(seq[:, start:], cond, cache=cache, offset=start, **extra)[:, -1]
+    return net(seq[:, start:], cond, cache=cache)[:, -1]
+
+
+@torch.no_grad()
+def generate_in_place(
+    net: nn.Module,
+    n: int,
+    length: int,
+    *,
+    prompt: Optional[Tensor] = None,
+    cond: Optional[Tensor] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    generator: paradigm.Generators = None,
+    device: Optional[torch.device] = None,
+    progress: bool = False,
+    fast: bool = True,
+) -> Tensor:
+    """Autoregressive sampling for a net whose logits at position t predict token t itself from
+    the tokens before t (``target_offset = 0``, e.g. ``nn.pixelcnn.GatedPixelCNN``).
+
+    The sequence starts as the prompt followed by zeros; position t = T0 .. length - 1 is drawn from
+    a full forward pass over the whole sequence, whose output at t cannot see positions >= t. Each
+    token costs one pass of the net (PixelCNN sampling, van den Oord et al. 2016, sec. 2).
+
+    A net with an exact incremental sampler, ``net.sample_in_place(seq, start, draw, cond)`` (it
+    calls ``draw(logits (B, V), t) -> (B,)`` for t = start .. length - 1 in order with the logits
+    the full pass would give, and writes the tokens into ``seq``; ``GatedPixelCNN``), is run through
+    it when ``length == net.block_size``: the same draws from the same numbers, at a fraction of the
+    cost.
+
+    Args:
+        net: ``net(idx (B, length), cond) -> (B, length, V)``, causal in the sense above.
+        n: number B of sequences.
+        length: tokens per sequence (an image's C*H*W positions for a PixelCNN).
+        prompt: (B, T0) or (T0,) int64 tokens kept at the first positions (e.g. the top rows of an
+            image to complete), or None.
+        cond, temperature, top_k, top_p, generator, progress: as for ``generate``.
+        device: where the sequence lives (default: the net's parameters' device).
+        fast: use the net's ``sample_in_place`` when it has one (False: always the full passes).
+
+    Returns:
+        (B, length) int64 token ids.
+    """
+    check_options(temperature, top_k, top_p)
+    paradigm._per_sample(generator, n)
+    if device is None:
+        device = next(net.parameters()).device
+    seq = torch.zeros(n, length, dtype=torch.long, device=device)
+    start = 0
+    if prompt is not None:
+        prompt = prompt.to(device, torch.long)
+        prompt = prompt.expand(n, -1) if prompt.dim() == 1 else prompt
+        start = prompt.shape[1]
+        if start > length:
+            raise ConfigError(f"the prompt has {start} tokens, more than the {length} of a sequence")
+        seq[:, :start] = prompt
+    # A net that gives the same logits for a prefix of whole rows (GatedPixelCNN: no layer looks at
+    # later rows) is run on the rows up to t only: on average half the work of the whole image.
+    row = int(getattr(net, "tokens_per_row", 0) or length)
+    steps = tqdm(range(start, length), desc="generate", unit="tok", disable=not progress, leave=False)
+    incremental = getattr(net, "sample_in_place", None) if fast else None
+    if callable(incremental) and length == getattr(net, "block_size", None):
+
+        def draw(logits: Tensor, t: int) -> Tensor:  # (B, V) -> (B,), as the loop below draws
+            steps.update(1)
+            if temperature == 0:
+                return logits.argmax(-1)
+            return sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+
+        with paradigm.eval_mode(net):
+            incremental(seq, start, draw, cond)
+        steps.close()
+        return seq
+    with paradigm.eval_mode(net):
+        for t in steps:
+            prefix = seq[:, : min(length, (t // row + 1) * row)]  # (B, rows up to t)
+            logits = net(prefix, cond)[:, t] if cond is not None else net(prefix)[:, t]  # (B, V)
+            if temperature == 0:
+                seq[:, t] = logits.argmax(-1)
+            else:
+                seq[:, t] = sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+    return seq

@@ -10,7 +10,9 @@ class-conditional model whose classes the extractor's classifier knows, it also 
 It reads only the generative-module contract (``lit_genai.paradigm``, docs/architecture.md):
 ``is_generative`` and ``modality`` (image modules are evaluated, others are skipped for now),
 ``sample``, ``num_classes`` and ``sampling_settings()`` for the protocol; whether EMA weights are
-swapped in comes from the trainer's callbacks. The real-feature cache is keyed on the data module's
+swapped in comes from the trainer's callbacks. A model of image tokens or pixels (``sample`` gives
+integer ids) is scored on the images its data module's ``decode`` makes of them, against the real
+images of the image data module it wraps (``images``). The real-feature cache is keyed on the data module's
 ``identity()``, so another seed, split or folder never reuses the features of the first.
 
 Under DDP the generation is split across ranks with distinct seeds; every rank takes part in every
@@ -154,7 +156,9 @@ class Evaluation(Callback):
         if not paradigm.is_generative(pl_module) or pl_module.modality != "image":
             return {}  # quality metrics of text and audio samples are not implemented yet
         datamodule = trainer.datamodule
-        name = self.extractor or getattr(datamodule, "feature_extractor", None)
+        token_data = datamodule  # decodes token samples (ImageTokens, ImagePixels) into images
+        datamodule = _image_data(datamodule)  # the real images: a wrapped image data module's
+        name = self.extractor or getattr(token_data, "feature_extractor", None)
         if name is None:
             rank_zero_warn(
                 f"Evaluation: no feature extractor for {type(datamodule).__name__}; set "
@@ -190,7 +194,8 @@ class Evaluation(Callback):
             cond = None
             if num_classes > 0:  # balanced classes over the global sample index
                 cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
-            images = to_uint8(pl_module.sample(n, cond=cond, generator=generator, **self.sampler_options))
+            samples = pl_module.sample(n, cond=cond, generator=generator, **self.sampler_options)
+            images = to_uint8(samples) if samples.is_floating_point() else token_data.decode(samples)
             quality.update_fake(images, labels=cond if quality.conditional else None)  # (n, C, H, W)
             if self.cas and cond is not None:
                 kept.append((images.cpu(), cond.cpu()))
@@ -229,7 +234,7 @@ class Evaluation(Callback):
         if trainer.world_size > 1:  # every rank trains the same classifier on the same data
             x = pl_module.all_gather(x).flatten(0, 1)  # (world * n, C, H, W)
             y = pl_module.all_gather(y).flatten(0, 1)
-        datamodule = trainer.datamodule
+        datamodule = _image_data(trainer.datamodule)
         if getattr(datamodule, "test_set", None) is None:
             datamodule.setup("test")
         test_x, test_y = (
@@ -313,6 +318,13 @@ class Evaluation(Callback):
         settings = dict(pl_module.sampling_settings())
         settings.update(self.sampler_options, seed=self.seed, ema=_ema_active(trainer))
         return settings
+
+
+def _image_data(datamodule: pl.LightningDataModule) -> pl.LightningDataModule:
+    """The data module holding the real images: the one wrapped by a token data module
+    (``data.tokens.ImageTokens``, ``data.pixels.ImagePixels``: its ``images``), else itself."""
+    images = getattr(datamodule, "images", None)
+    return images if isinstance(images, pl.LightningDataModule) else datamodule
 
 
 def _ema_active(trainer: pl.Trainer) -> bool:

@@ -1,5 +1,6 @@
 """LightningDataModules: each yields batches in the shapes of docs/architecture.md, "Batches"."""
 
+from lit_genai.data.audio import AudioFolder, ProceduralNotes
 from lit_genai.data.images import (
     CIFAR10,
     MNIST,
@@ -10,10 +11,12 @@ from lit_genai.data.images import (
     MNIST5k,
     TorchvisionDataModule,
 )
+from lit_genai.data.pixels import ImagePixels
 from lit_genai.data.text import CharText
 from lit_genai.data.tokens import ImageTokens
 
 __all__ = [
+    "AudioFolder",
     "CIFAR10",
     "CharText",
     "MNIST",
@@ -21,6 +24,8 @@ __all__ = [
     "FashionMNIST",
     "ImageDataModule",
     "ImageFolder",
+    "ImagePixels",
+    "ProceduralNotes",
     "ImageTokens",
     "MNIST5k",
     "TorchvisionDataModule",

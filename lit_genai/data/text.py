@@ -60,16 +60,18 @@ import hashlib
 import inspect
 import os
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError, DataNotFoundError
 
 TINY_SHAKESPEARE_URL = (
@@ -79,35 +81,21 @@ TINY_SHAKESPEARE_FILE = "tinyshakespeare.txt"
 _KEY = "data.init_args"
 
 
-def pydoc_topics_text() -> str:
-    """The standard library's help topics (``pydoc_data.topics.topics``), joined in sorted key order
-    with one newline between topics: about 465k characters, offline on any Python."""
+def pydoc_topics() -> dict[str, str]:
+    """The standard library's help topics (``pydoc_data.topics.topics``) in sorted key order: topic
+    name (``"for"``, ``"string-methods"``, ...) -> its text; about 80 topics, offline on any Python."""
     from pydoc_data.topics import topics
 
-    return "\n".join(topics[key] for key in sorted(topics))
+    return {key: topics[key] for key in sorted(topics)}
+
+
+def pydoc_topics_text() -> str:
+    """The help topics joined in sorted key order with one newline between topics: about 465k
+    characters."""
+    return "\n".join(pydoc_topics().values())
 
 
 # ---------------------------------------------------------------------- datasets
-
-
-class _EpochIndices(Sampler[int]):
-    """Yields ``epoch * n + i`` for i in range(n): the window indices of one epoch.
-
-    Lightning calls ``set_epoch`` at the start of every training epoch (directly, or through the
-    ``DistributedSamplerWrapper`` it puts around a custom sampler under DDP).
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n, self.epoch = n, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class _RandomWindows(Dataset):
@@ -185,7 +173,7 @@ def _window(tokens: Any, starts: Sequence[int], labels: Optional[Tensor], j: int
 # ---------------------------------------------------------------------- the data module
 
 
-class CharText(L.LightningDataModule):
+class CharText(SplitLoaders, L.LightningDataModule):
     """Character-, byte- or GPT-2-token text as next-token pairs: nanoGPT's shakespeare_char (and,
     with ``tokenizer: gpt2``, openwebtext-style memory-mapped) data.
 
@@ -210,12 +198,17 @@ class CharText(L.LightningDataModule):
             with gpt2, the share at the end of the whole stream.
         steps_per_epoch: Training batches per epoch; an epoch draws ``steps_per_epoch * batch_size``
             random windows (shared out across DDP ranks).
-        labels: Label each window with the index of its file (a folder only): batches ``(x, y, c)``
-            and ``num_classes`` = number of files; False: ``(x, y)`` and ``num_classes`` 0.
+        labels: Label each window with its document: the index of its file (a folder of files),
+            or of its help topic (``name: pydoc_topics``, one document per topic; topics shorter
+            than ``block_size + 1`` are left out). Batches ``(x, y, c)``, ``num_classes`` the number
+            of documents and ``class_names`` their names (file stems or topics), which a model can
+            be asked for by name at sampling time. False: ``(x, y)`` and ``num_classes`` 0.
         seed: Seed of the training windows' offsets.
         num_workers: DataLoader worker processes; 0 loads in the main process.
         predict_samples: Number of samples ``trainer.predict`` asks the model for.
     """
+
+    epoch_indices = True  # training window e * n + i is drawn from a generator seeded by that index
 
     def __init__(
         self,
@@ -253,11 +246,19 @@ class CharText(L.LightningDataModule):
                 "into one stream: set labels false, or use tokenizer char or byte"
             )
         self.files, raw = self._read_corpus()  # document names, their bytes (or text); None for gpt2 files
-        if labels and (name is not None or path is None or not Path(path).is_dir()):
+        if labels and name == "tiny_shakespeare":
+            raise ConfigError(
+                f"{_KEY}.labels=true: Tiny Shakespeare is one text whose plays run together without "
+                f"titles, so it has no labels; split it into one .txt per play in a folder and pass "
+                f"that as {_KEY}.path, or set labels false"
+            )
+        if labels and name is None and (path is None or not Path(path).is_dir()):
             raise ConfigError(
                 f"{_KEY}.labels=true needs a folder of .txt files (one label per file) as "
-                f"{_KEY}.path; {self._source()} is one document: set labels false"
+                f"{_KEY}.path, or name pydoc_topics; {self._source()} is one document: set labels false"
             )
+        if labels and name == "pydoc_topics":
+            raw = self._drop_short_topics(raw, block_size)
         self.documents: Optional[list[Any]] = raw  # str per document (char, gpt2) or bytes (byte)
         if self._encoding is not None:
             self.vocabulary = None
@@ -272,6 +273,12 @@ class CharText(L.LightningDataModule):
             self.vocab_size = 256
         self._index = self._lookup()
         self.num_classes = len(self.files) if labels else 0
+        # The name of each label: the file's stem, or the help topic (None without labels).
+        self.class_names: Optional[list[str]] = (
+            [name if self.name == "pydoc_topics" else Path(name).stem for name in self.files]
+            if labels
+            else None
+        )
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
@@ -298,8 +305,12 @@ class CharText(L.LightningDataModule):
         if self.name == "pydoc_topics":
             if self.path is not None:
                 raise ConfigError(f"{_KEY}.name=pydoc_topics reads no file: remove {_KEY}.path")
-            text = pydoc_topics_text()
-            return ["pydoc_data.topics"], [text if self.tokenizer == "char" else text.encode("utf-8")]
+            if self.labels:  # one document per help topic, labelled by the topic's name
+                topics = pydoc_topics()
+                names, texts = list(topics), list(topics.values())
+            else:
+                names, texts = ["pydoc_data.topics"], [pydoc_topics_text()]
+            return list(names), [t if self.tokenizer == "char" else t.encode("utf-8") for t in texts]
         if self.name == "tiny_shakespeare":
             file = Path(self.path) if self.path is not None else Path(self.root) / TINY_SHAKESPEARE_FILE
             if not file.is_file() and self.download and self.path is None:
@@ -330,6 +341,20 @@ class CharText(L.LightningDataModule):
                     raise ConfigError(f"{file} is empty ({self._source()}): give a file with text in it")
             return [str(f) for f in files], None
         return [str(f) for f in files], [self._read_file(f) for f in files]
+
+    def _drop_short_topics(self, raw: list[Any], block_size: int) -> list[Any]:
+        """Keep the help topics whose training part holds a window of ``block_size + 1`` tokens; the
+        few shorter ones are left out with a warning, so every block size can be labelled."""
+        keep = [i for i, d in enumerate(raw) if int(len(d) * (1 - self.val_fraction)) >= block_size + 1]
+        if len(keep) < len(raw):
+            rank_zero_warn(
+                f"{_KEY}.name=pydoc_topics with labels: {len(raw) - len(keep)} of {len(raw)} help topics "
+                f"have training parts shorter than block_size + 1 = {block_size + 1} tokens and are left out"
+            )
+        if not keep:
+            raise ConfigError(f"{_KEY}.block_size={block_size}: no help topic is that long; lower it")
+        self.files = [self.files[i] for i in keep]
+        return [raw[i] for i in keep]
 
     def _read_file(self, file: Path) -> Any:
         data = file.read_bytes()
@@ -539,35 +564,6 @@ class CharText(L.LightningDataModule):
         self.train_set = _RandomWindows(self.tokens, range(cut - block), None, block, self.seed, windows)
         self.val_set = _FixedWindows(self.tokens, range(cut, cut + block * count, block), None, block)
         self.test_set = self.val_set
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        dataset = self._need(self.train_set)
-        return self._loader(dataset, sampler=_EpochIndices(len(dataset)))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._need(self.val_set))
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self._need(self.test_set))
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(torch.arange(self.predict_samples), batch_size=self.batch_size)  # (B,) int64
-
-    def _need(self, dataset: Optional[Dataset]) -> Dataset:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
-        return dataset
-
-    def _loader(self, dataset: Dataset, sampler: Optional[Sampler] = None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
 
     # ------------------------------------------------------------------ checkpoints and caches
     def state_dict(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lit_genai.data.images import ImageDataModule, to_uint8
+from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
 from lit_genai.paradigm import eval_mode
 from lit_genai.pretrained import load_pretrained
@@ -51,7 +52,7 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-class ImageTokens(L.LightningDataModule):
+class ImageTokens(SplitLoaders, L.LightningDataModule):
     """Token ids of a frozen VQ-VAE over an image data module, cached on disk.
 
     Args:
@@ -142,19 +143,6 @@ class ImageTokens(L.LightningDataModule):
         sets = {split: TensorDataset(*cached[split]) for split in SPLITS if split in cached}
         self.train_set, self.val_set, self.test_set = (sets.get(split) for split in SPLITS)
 
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(torch.arange(self.predict_samples), batch_size=self.batch_size)  # (B,) int64
-
     # ------------------------------------------------------------------ media
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
@@ -166,16 +154,6 @@ class ImageTokens(L.LightningDataModule):
         return to_uint8(images)
 
     # ------------------------------------------------------------------ helpers
-    def _loader(self, dataset: Optional[Dataset], shuffle: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
 
     def _device(self) -> torch.device:
         trainer = self.trainer

@@ -1,0 +1,378 @@
+"""Masked-token generation as a LightningModule: MaskGIT for image tokens, BERT-style masks for text.
+
+Papers: Chang et al. 2022 ("MaskGIT: Masked Generative Image Transformer", sec. 3.2: masked
+visual token modelling with a mask schedule, iterative parallel decoding); Devlin et al. 2019
+(BERT: a bidirectional transformer predicting masked tokens); Ho & Salimans 2022 (label dropout
+for classifier-free guidance).
+
+Training (MaskGIT sec. 3.2): per sequence r ~ U[0, 1), ceil(gamma(r) N) of its N positions, chosen
+uniformly at random, are replaced by the [MASK] id, and the loss is the cross-entropy of the
+network's logits at the masked positions only, averaged over the masked tokens of the batch.
+The [MASK] id is the data's ``vocab_size`` (one id past the data's tokens), so the network has
+``vocab_size + 1`` token ids; its logit for [MASK] is never a prediction (it is sliced off).
+
+Sampling: ``lit_genai.masked.sampling.maskgit_decode`` from an all-[MASK] sequence of
+``block_size`` tokens, or from a prompt with holes: text where ``hole`` characters mark the
+positions to fill (the positions after the prompt, up to ``block_size``, are filled too).
+
+The network is injected (``net``: ``lit_genai.nn.transformer.GPT`` with ``causal: false``,
+``(idx (B, N), cond (B,) or None) -> (B, N, V + 1)``); it keeps the generative-module contract
+(docs/architecture.md, "Generative modules"). The optimiser groups, nanoGPT's LR schedule,
+``compile``, ``init_from`` and the vocabulary text are ``lit_genai.token_models.TokenTraining``'s,
+shared with ``ar.module.NextToken``.
+
+Metrics (docs/architecture.md, "Metric names"): ``train/loss``; ``<stage>/loss``, the mean NLL
+in nats of the masked tokens of the whole split (masks from a fixed seed, so every validation
+scores the same positions), and ``<stage>/acc``, the share of masked tokens predicted exactly
+(argmax).
+
+Shape legend: B batch, N tokens per sequence (block_size), V the data's vocabulary size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from lit_genai import paradigm
+from lit_genai.errors import ConfigError
+from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.masked.sampling import maskgit_decode
+from lit_genai.masked.schedules import Schedule, num_to_mask
+from lit_genai.token_models import TokenTraining
+
+# Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
+# command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
+SAMPLING_OPTIONS = ("steps", "choice_temperature", "temperature", "top_k", "guidance", "prompt", "hole")
+
+Prompt = Union[str, Sequence[int], Tensor, None]
+_NET = "model.init_args.net.init_args"
+EVAL_SEED = 0
+"""Seed of the validation and test masks: batch k is masked from ``manual_seed(EVAL_SEED + k)``."""
+
+
+def random_masks(counts: Tensor, scores: Tensor) -> Tensor:
+    """The ``counts[i]`` positions of row i with the smallest ``scores``: a uniformly random subset
+    of that size when the scores are i.i.d. uniforms.
+
+    Args:
+        counts: (B,) int64 positions to mask per row, in [0, N].
+        scores: (B, N) distinct random numbers.
+
+    Returns:
+        (B, N) bool, True at the masked positions; row i has exactly ``counts[i]`` of them.
+    """
+    rank = scores.argsort(1).argsort(1)  # (B, N): 0 for the smallest score
+    return rank < counts[:, None].to(rank.device)
+
+
+class MaskedTokens(TokenTraining, LightningModule):
+    """Masked-token modelling (MaskGIT / BERT-style) of image tokens or text, sampled by parallel decoding.
+
+    Args:
+        net: ``(idx (B, N) int64, cond (B,) int64 or None) -> logits (B, N, vocab_size + 1)``, a
+            bidirectional network: ``lit_genai.nn.transformer.GPT`` with ``causal: false`` and
+            ``vocab_size`` = the data's + 1 (the last id is [MASK]). A class-conditional net gets
+            the batch's labels, and the null label ``num_classes`` when they are dropped.
+        vocab_size: The data's number of token ids V (without [MASK]); linked from the data module.
+        block_size: Tokens per sequence N; linked from the data. Samples have this length.
+        num_classes: Classes the data offers (0 = unlabelled); linked from the data module. The
+            network decides whether they are used.
+        vocabulary: The symbol of each token id (characters for char-level text); linked from the
+            data, so a checkpoint encodes prompts and decodes samples without the data on disk.
+        modality: Which media route the samples take: ``image`` tokens (decoded by the data module,
+            e.g. ``data.tokens.ImageTokens``) or ``text``.
+        schedule: The mask schedule gamma of training and decoding (``masked.schedules``; MaskGIT:
+            cosine).
+        label_smoothing: Label smoothing of the training cross-entropy (MaskGIT's reference training
+            uses 0.1); validation and test report the plain NLL.
+        p_uncond: Probability of replacing a training label by the null label (classifier-free
+            guidance, Ho & Salimans 2022); only for a class-conditional net.
+        optimizer: Optimiser of the network, on two parameter groups (``weight_decay``; MaskGIT:
+            Adam with betas (0.9, 0.96)).
+        weight_decay: Weight decay of the parameters with two or more dimensions except embeddings
+            (``token_models.decay_parameter_names``); it replaces the optimiser's own.
+        warmup_steps: Linear LR warm-up over this many optimisation steps.
+        lr_decay_steps: Cosine decay of the LR to ``min_lr`` at this step (``token_models.nanogpt_lr``);
+            None = the trainer's ``max_steps`` when set, else no decay.
+        min_lr: The LR at the end of the decay; None = a tenth of the optimiser's LR.
+        compile: Train and evaluate through ``torch.compile(net)`` (the plain net samples).
+        init_from: A lit_genai checkpoint whose ``net.*`` weights are loaded before training.
+        steps: Decoding steps T of ``sample`` (MaskGIT: 8 for 256 x 256 images).
+        choice_temperature: Temperature of the Gumbel noise that picks the positions kept masked,
+            annealed to 0 over the steps (MaskGIT: 4.5).
+        temperature: Softmax temperature of the token draws (0 = the most likely token).
+        top_k: Draw among the k most likely tokens only (None = all).
+        guidance: Classifier-free guidance weight w, logits l_c + w (l_c - l_u) (0 = conditional).
+        prompt: What samples start from: text (through ``vocabulary``; without one, token ids
+            separated by spaces or commas) whose ``hole`` characters are filled, as are the positions
+            after it up to ``block_size``. None: every position is generated.
+        hole: The prompt character that marks a position to fill (it cannot then stand for itself).
+        seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
+    """
+
+    ema_target = "net"
+    sampling_options = SAMPLING_OPTIONS
+    sampling_settings = paradigm.sampling_settings
+    predict_step = paradigm.predict_step
+
+    def __init__(
+        self,
+        net: nn.Module,
+        vocab_size: int = 1024,
+        block_size: int = 256,
+        num_classes: int = 0,
+        vocabulary: Optional[list[str]] = None,
+        modality: Literal["image", "text"] = "image",
+        schedule: Schedule = "cosine",
+        label_smoothing: float = 0.0,
+        p_uncond: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        lr_decay_steps: Optional[int] = None,
+        min_lr: Optional[float] = None,
+        compile: bool = False,
+        init_from: Optional[str] = None,
+        steps: int = 8,
+        choice_temperature: float = 4.5,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        guidance: float = 0.0,
+        prompt: Optional[str] = None,
+        hole: str = "_",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        save_plain_hyperparameters(self, objects=("net", "optimizer"), ignore=SAMPLING_OPTIONS)
+        self.net = net
+        self.modality = modality
+        self.vocab_size, self.block_size, self.mask_id = vocab_size, block_size, vocab_size
+        self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
+        self.vocabulary = list(vocabulary) if vocabulary is not None else None
+        self.optimizer = optimizer
+        self.steps, self.choice_temperature, self.temperature = steps, choice_temperature, temperature
+        self.top_k, self.guidance, self.prompt, self.hole = top_k, guidance, prompt, hole
+        self._check(net)
+        self._eval_total: Optional[Tensor] = None  # (3,): summed NLL, correct, masked tokens
+        # torch.compile(net), kept outside the module tree (TokenTraining._training_net)
+        self.__dict__["_compiled"] = None
+
+    def _check(self, net: nn.Module) -> None:
+        """One ConfigError line for a net or setting that does not fit masked-token modelling."""
+        paradigm.check_net(net, "model.net", num_classes=self.hparams.num_classes)
+        net_vocab = getattr(net, "vocab_size", None)
+        if net_vocab is not None and net_vocab != self.vocab_size + 1:
+            raise ConfigError(
+                f"model.net.vocab_size={net_vocab} but masked tokens need the data's {self.vocab_size} ids "
+                f"+ 1 for [MASK]: set {_NET}.vocab_size: {self.vocab_size + 1}"
+            )
+        if getattr(net, "causal", False):
+            raise ConfigError(
+                f"model.net is causal but masked tokens attend both ways: set {_NET}.causal: false"
+            )
+        context = getattr(net, "block_size", None)
+        if context is not None and context < self.block_size:
+            raise ConfigError(
+                f"model.net.block_size={context} is shorter than the data's sequences of {self.block_size} "
+                f"tokens: set {_NET}.block_size: {self.block_size}"
+            )
+        if self.vocabulary is not None and len(self.vocabulary) != self.vocab_size:
+            raise ConfigError(
+                f"model.vocabulary has {len(self.vocabulary)} symbols but vocab_size={self.vocab_size}: "
+                "remove model.init_args.vocabulary, the command line links it from the data"
+            )
+        if not self.hole:
+            raise ConfigError("model.hole is empty: give the character marking a position to fill, e.g. '_'")
+
+    # ------------------------------------------------------------------ training and evaluation
+
+    def forward(self, idx: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """(B, N) token ids with [MASK]s, (B,) labels -> logits (B, N, V) of the data's tokens."""
+        return self._logits(self._training_net(), idx, cond)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        tokens, c = self._unpack(batch)  # (B, N), (B,) or None
+        B, N = tokens.shape
+        trainer = self._trainer  # None outside a Trainer
+        if c is not None and self.hparams.p_uncond > 0:
+            # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
+            u = paradigm.this_rank(lambda n: torch.rand(n, device=c.device), B, trainer)
+            c = torch.where(u < self.hparams.p_uncond, torch.full_like(c, self.num_classes), c)
+        r = paradigm.this_rank(lambda n: torch.rand(n, device=tokens.device), B, trainer)  # (B,)
+        scores = paradigm.this_rank(lambda n: torch.rand((n, N), device=tokens.device), B, trainer)
+        masked = random_masks(num_to_mask(r, N, self.hparams.schedule), scores)  # (B, N)
+        logits = self(torch.where(masked, self.mask_id, tokens), c)  # (B, N, V)
+        loss = F.cross_entropy(
+            logits[masked].float(), tokens[masked], label_smoothing=self.hparams.label_smoothing
+        )  # mean over the masked tokens of the batch
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._accumulate(batch, batch_idx)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._accumulate(batch, batch_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_total = None
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_total = None
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def eval_masks(self, tokens: Tensor, batch_idx: int) -> Tensor:
+        """The (B, N) bool masks of evaluation batch ``batch_idx``: the training distribution, drawn on
+        the CPU from ``manual_seed(EVAL_SEED + batch_idx)``, so each validation scores the same positions."""
+        B, N = tokens.shape
+        g = torch.Generator().manual_seed(EVAL_SEED + batch_idx)
+        r, scores = torch.rand(B, generator=g), torch.rand((B, N), generator=g)
+        return random_masks(num_to_mask(r, N, self.hparams.schedule), scores).to(tokens.device)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: Optional[Tensor] = None,
+        generator: paradigm.Generators = None,
+        prompt: Prompt = None,
+        steps: Optional[int] = None,
+        choice_temperature: Optional[float] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        guidance: Optional[float] = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Draw ``n`` sequences of ``block_size`` token ids (n, N) by MaskGIT decoding.
+
+        ``prompt``: text with holes, token ids (the [MASK] id or a negative id is a hole), or None
+        for the module's ``prompt`` setting; its known tokens stay where they are. ``cond`` (n,)
+        labels of a class-conditional model (None: the null label, without guidance). The same
+        ``generator`` seed gives the same sequences; it may also be one generator per sample
+        (``paradigm.sample_generators``). Options default to the module's settings.
+        """
+        start = torch.full((self.block_size,), self.mask_id, dtype=torch.long)
+        given = self.encode_prompt(self.prompt if prompt is None else prompt)  # (N0,)
+        start[: given.numel()] = given
+        tokens = start.to(self.device).expand(n, -1).contiguous()  # (n, N)
+        guidance = self.guidance if guidance is None else guidance
+        tau = choice_temperature
+        if self.num_classes > 0:
+            if cond is None:  # unconditional samples: the null label, for which guidance is void
+                cond, guidance = torch.full((n,), self.num_classes), 0.0
+            cond = cond.to(self.device, torch.long)
+        else:
+            cond = None
+        with paradigm.eval_mode(self.net):
+            return maskgit_decode(
+                lambda idx, c: self._logits(self.net, idx, c),
+                tokens,
+                mask_id=self.mask_id,
+                steps=self.steps if steps is None else steps,
+                schedule=self.hparams.schedule,
+                choice_temperature=self.choice_temperature if choice_temperature is None else tau,
+                temperature=self.temperature if temperature is None else temperature,
+                top_k=self.top_k if top_k is None else top_k,
+                guidance=guidance,
+                cond=cond,
+                null_label=self.num_classes if self.num_classes > 0 else None,
+                generator=generator,
+                progress=progress,
+            )  # (n, N)
+
+    def encode_prompt(self, prompt: Prompt) -> Tensor:
+        """A prompt as (N0,) int64 ids with the [MASK] id at its holes (N0 <= block_size).
+
+        Text goes through the vocabulary, each ``hole`` character becoming a [MASK]; without a
+        vocabulary, text is token ids separated by spaces or commas, ``hole`` for a hole. Token ids
+        are kept, the [MASK] id and negative ids being holes. None or "" gives no tokens.
+        """
+        if prompt is None or (isinstance(prompt, str) and not prompt):
+            return torch.zeros(0, dtype=torch.long)
+        if isinstance(prompt, str):
+            ids = self._text_ids(prompt)
+        else:
+            flat = prompt.detach().flatten().tolist() if isinstance(prompt, Tensor) else list(prompt)
+            ids = [self.mask_id if int(t) < 0 else int(t) for t in flat]
+        bad = [t for t in ids if not 0 <= t <= self.mask_id]
+        if bad:
+            raise ConfigError(
+                f"model.prompt has token id {bad[0]}, outside the data's ids 0..{self.vocab_size - 1} "
+                f"(and {self.mask_id} or {self.hole!r} for a hole)"
+            )
+        if len(ids) > self.block_size:
+            raise ConfigError(
+                f"model.prompt has {len(ids)} tokens, more than block_size={self.block_size}: shorten it"
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _text_ids(self, prompt: str) -> list[int]:
+        """Text with ``hole`` characters -> ids, a [MASK] at each hole."""
+        if self.vocabulary is None:
+            words = [w for w in re.split(r"[\s,]+", prompt.strip()) if w]
+            if not all(w == self.hole or w.isdigit() for w in words):
+                raise ConfigError(
+                    "model.prompt: a text prompt needs the vocabulary (model.vocabulary, linked from "
+                    f"character-level data); without one give token ids and {self.hole!r} for holes, "
+                    f"e.g. '0 5 {self.hole} 7'"
+                )
+            return [self.mask_id if w == self.hole else int(w) for w in words]
+        ids: list[int] = []
+        for i, piece in enumerate(prompt.split(self.hole)):
+            if i > 0:
+                ids.append(self.mask_id)
+            ids.extend(self._encode_text(piece) if piece else [])
+        return ids
+
+    def _logits(self, net: nn.Module, idx: Tensor, cond: Optional[Tensor]) -> Tensor:
+        """The logits of the data's V tokens; the net's last output, [MASK], is sliced off."""
+        out = net(idx, cond) if self.num_classes > 0 else net(idx)  # (B, N, V + 1)
+        return out[..., : self.vocab_size]
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Optional[Tensor]]:
+        """A plain (B, N) tensor, (tokens (B, N), labels (B,)) or text (x, y[, c]) -> tokens, labels
+        (None when unlabelled or the net is unconditional)."""
+        if isinstance(batch, Tensor):
+            return batch, None
+        if batch[1].dim() == 1:  # a sequence batch (docs/architecture.md, "Batches")
+            tokens, c = batch[0], batch[1]
+        else:  # text pairs: x is the sequence, y (x shifted) is not needed
+            tokens, c = batch[0], batch[2] if len(batch) > 2 else None
+        return tokens, c if self.num_classes > 0 else None
+
+    def _accumulate(self, batch: Any, batch_idx: int) -> None:
+        tokens, c = self._unpack(batch)
+        masked = self.eval_masks(tokens, batch_idx)  # (B, N)
+        logits = self(torch.where(masked, self.mask_id, tokens), c)[masked].float()  # (M, V)
+        target = tokens[masked]
+        nll = F.cross_entropy(logits, target, reduction="sum")
+        correct = (logits.argmax(-1) == target).sum().to(nll)
+        total = torch.stack([nll, correct, torch.tensor(float(target.numel()), device=nll.device)])
+        self._eval_total = total if self._eval_total is None else self._eval_total + total
+
+    def _log_eval(self, stage: str) -> None:
+        """``<stage>/loss`` and ``<stage>/acc`` over every masked token of the split (all ranks)."""
+        if self._eval_total is None:
+            return
+        nll, correct, count = self.trainer.strategy.reduce(self._eval_total, reduce_op="sum")
+        self._eval_total = None
+        self.log(f"{stage}/loss", nll / count, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc", correct / count, sync_dist=True)
