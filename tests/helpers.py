@@ -45,3 +45,18 @@ def tiny_conditional_diffusion(**kwargs) -> Diffusion:
     return Diffusion(
         net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=2, **kwargs
     )
+
+
+def run_cli(args: list[str]) -> int:
+    """``lit-genai <args>`` in this process; its exit code (0 when it returns normally)."""
+    import sys
+    from unittest import mock
+
+    from lit_genai.cli import main
+
+    try:
+        with mock.patch.object(sys, "argv", ["lit-genai"]):
+            main(args)
+    except SystemExit as exit:
+        return exit.code
+    return 0

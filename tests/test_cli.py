@@ -94,6 +94,14 @@ def test_every_experiment_instantiates(path, tmp_path, request):
     if "name: tiny_shakespeare" in text:
         (tmp_path / "tinyshakespeare.txt").write_text(SHAKESPEARE_ALPHABET * 600)
         args += ["--data.root", str(tmp_path)]
+    if "lit_genai.data.audio.AudioFolder" in text:  # stand-in recordings: two 1.5 s noise bursts
+        import soundfile
+
+        (tmp_path / "speech").mkdir()
+        for i in range(2):
+            wave = torch.randn(24000, generator=torch.Generator().manual_seed(i)).numpy() * 0.3
+            soundfile.write(tmp_path / "speech" / f"clip{i}.wav", wave, 16000)
+        args += ["--data.init_args.root", str(tmp_path / "speech")]
     if "lit_genai.data.tokens.ImageTokens" in text:  # the tokenizer is another experiment's output
         args += ["--data.init_args.tokenizer", str(request.getfixturevalue("stand_in_tokenizer"))]
     cli = LitGenAICLI(args=args, run=False)

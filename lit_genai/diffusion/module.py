@@ -2,10 +2,11 @@
 
 Papers: Ho et al. 2020 (DDPM: L_simple, ancestral sampling), Nichol & Dhariwal 2021 (cosine
 schedule), Song et al. 2021 (DDIM sampling), Salimans & Ho 2022 (v-prediction), Ho & Salimans 2022
-(classifier-free guidance), Hang et al. 2023 (min-SNR-gamma weighting).
+(classifier-free guidance), Hang et al. 2023 (min-SNR-gamma weighting), Karras et al. 2022 (EDM
+Euler / Heun samplers on the sigma grid), Lu et al. 2022 (DPM-Solver++(2M)).
 
-The maths lives in ``schedules.py`` / ``losses.py`` / ``sampling.py``; the network is injected
-(``net``, any ``nn.Module`` mapping ``(x_t, t, y) -> output``). This file wires them together.
+The maths lives in ``schedules.py`` / ``losses.py`` / ``sampling.py`` / ``solvers.py``; the network
+is injected (``net``, any ``nn.Module`` mapping ``(x_t, t, y) -> output``). This file wires them together.
 
 Shape legend: B batch, C/H/W image, T number of diffusion steps.
 
@@ -29,11 +30,23 @@ from lit_genai import paradigm
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
+from lit_genai.diffusion.solvers import (
+    dpm_solver_pp_2m_sample,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    vp_denoiser,
+    vp_sigmas,
+)
 from lit_genai.diffusion.vlb import vlb_terms
+from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
 # command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
+Sampler = Literal["ddpm", "ddim", "euler", "heun", "dpm_solver++"]
+SIGMA_SOLVERS = {"euler": euler_sample, "heun": heun_sample, "dpm_solver++": dpm_solver_pp_2m_sample}
+
 SAMPLING_OPTIONS = (
     "sampler",
     "sampling_steps",
@@ -48,7 +61,7 @@ SAMPLING_OPTIONS = (
 
 
 class Diffusion(LightningModule):
-    """Denoising diffusion probabilistic model (DDPM) with DDPM/DDIM samplers and guidance.
+    """Denoising diffusion probabilistic model (DDPM) with DDPM, DDIM and ODE-solver samplers and guidance.
 
     Args:
         net: Denoiser mapping ``(x_t (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W)``, e.g.
@@ -63,8 +76,12 @@ class Diffusion(LightningModule):
         prediction: What the network predicts: noise ``eps`` (DDPM), ``x0``, or ``v`` (Salimans & Ho).
         min_snr_gamma: If set, weight the loss by min-SNR-gamma (Hang et al. 2023; gamma = 5 there).
         p_uncond: Probability of dropping the label during training (classifier-free guidance).
-        sampler: ``ddpm`` (ancestral, T steps) or ``ddim``.
-        sampling_steps: Number of DDIM steps (ignored by ``ddpm``).
+        sampler: ``ddpm`` (ancestral, T steps), ``ddim``, or an ODE solver on the EDM sigma grid
+            (``solvers.py``: Karras grid, rho = 7, from sigma of step T - 1 down to sigma of step 0,
+            then 0): ``euler``, ``heun`` (EDM Algorithm 1) or ``dpm_solver++`` (DPM-Solver++(2M)).
+        sampling_steps: Number of DDIM / solver steps N (ignored by ``ddpm``). Network evaluations
+            (NFE, doubled by guidance's two branches in one batch): DDIM, Euler, DPM-Solver++ N;
+            Heun 2N - 1.
         eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like).
         skip: DDIM timestep spacing: ``uniform`` or ``quadratic`` (DDIM's CIFAR-10 choice).
         variance: DDPM sampler variance: ``beta`` (sigma^2 = beta_t, DDPM's CIFAR-10 choice) or
@@ -98,7 +115,7 @@ class Diffusion(LightningModule):
         prediction: Literal["eps", "x0", "v"] = "eps",
         min_snr_gamma: Optional[float] = None,
         p_uncond: float = 0.1,
-        sampler: Literal["ddpm", "ddim"] = "ddim",
+        sampler: Sampler = "ddim",
         sampling_steps: int = 100,
         eta: float = 0.0,
         skip: Literal["uniform", "quadratic"] = "uniform",
@@ -183,7 +200,7 @@ class Diffusion(LightningModule):
         *,
         cond: Optional[Tensor] = None,
         generator: paradigm.Generators = None,
-        sampler: Optional[Literal["ddpm", "ddim"]] = None,
+        sampler: Optional[Sampler] = None,
         steps: Optional[int] = None,
         eta: Optional[float] = None,
         guidance_scale: Optional[float] = None,
@@ -206,9 +223,22 @@ class Diffusion(LightningModule):
             device=self.device,
             progress=progress,
         )
+        if sampler not in ("ddpm", "ddim", *SIGMA_SOLVERS):
+            raise ConfigError(
+                f"unknown sampler {sampler!r}; set model.sampler to ddpm, ddim, {', '.join(SIGMA_SOLVERS)}"
+            )
         with paradigm.eval_mode(self.net):
             if sampler == "ddpm":
                 x = ddpm_sample(model_fn, shape, self.betas, variance=self.variance, **options)
+            elif sampler in SIGMA_SOLVERS:
+                x = SIGMA_SOLVERS[sampler](
+                    vp_denoiser(model_fn, self.alpha_bar, self.hparams.prediction, self.clip_denoised),
+                    shape,
+                    self.sigma_grid(steps or self.sampling_steps),
+                    generator=generator,
+                    device=self.device,
+                    progress=progress,
+                )
             else:
                 x = ddim_sample(
                     model_fn,
@@ -220,6 +250,12 @@ class Diffusion(LightningModule):
                     **options,
                 )
         return x.clamp(-1, 1)  # (n, C, H, W)
+
+    def sigma_grid(self, steps: int, rho: float = 7.0) -> Tensor:
+        """(steps + 1,) float64 Karras grid (EDM eq. 5) between the schedule's noise levels
+        sigma(t = 0) and sigma(t = T - 1) (``solvers.vp_sigmas``), ending at 0."""
+        sigmas = vp_sigmas(self.alpha_bar)  # (T,)
+        return karras_sigmas(steps, float(sigmas[0]), float(sigmas[-1]), rho)
 
     @property
     def num_timesteps(self) -> int:

@@ -2,6 +2,7 @@
 
 from lit_genai.nn.autoencoder import Decoder, Encoder
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from lit_genai.nn.dit import DiT
 from lit_genai.nn.pixelcnn import GatedPixelCNN
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
 from lit_genai.nn.transformer import GPT
@@ -15,6 +16,7 @@ __all__ = [
     "ConvEncoder",
     "DCGANDiscriminator",
     "DCGANGenerator",
+    "DiT",
     "Decoder",
     "Encoder",
     "GPT",

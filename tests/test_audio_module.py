@@ -1,0 +1,123 @@
+"""WaveNet through NextToken and the command line: training lowers the loss, predict writes WAVs at
+the data's rate, samples reach W&B (offline) and TensorBoard as audio."""
+
+import functools
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+import yaml
+from helpers import TINY_CLI_TRAINER, quiet_trainer, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_genai.ar.module import NextToken
+from lit_genai.data.audio import ProceduralNotes, mu_law_encode
+from lit_genai.nn.wavenet import WaveNet
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTES = str(ROOT / "experiments" / "audio" / "wavenet_notes.yaml")
+NEW = 40  # samples generated after the prompt in these tests
+
+
+@pytest.fixture()
+def tiny_notes(tmp_path):
+    """experiments/audio/wavenet_notes.yaml shrunk to seconds, in ``tmp_path / "run"``."""
+    tiny = {
+        "model": {
+            "init_args": {
+                "net": {
+                    "init_args": {
+                        "residual_channels": 8,
+                        "gate_channels": 8,
+                        "skip_channels": 8,
+                        "layers_per_stack": 3,
+                        "stacks": 1,
+                        "block_size": 64,
+                    }
+                },
+                "max_new_tokens": NEW,
+            }
+        },
+        "data": {
+            "init_args": {
+                "num_clips": 8,
+                "val_clips": 4,
+                "crop_length": 64,
+                "batch_size": 4,
+                "clip_seconds": 0.1,
+                "predict_samples": 3,
+            }
+        },
+        "trainer": {**TINY_CLI_TRAINER, "default_root_dir": str(tmp_path / "run")},
+        "samples": {"num_samples": 2},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    return ["--config", NOTES, "--config", str(path)]
+
+
+def test_a_short_cpu_run_on_the_notes_lowers_the_loss(tmp_path):
+    torch.manual_seed(0)
+    data = ProceduralNotes(
+        num_clips=16, val_clips=4, clip_seconds=0.25, crop_length=128, batch_size=8, steps_per_epoch=50
+    )
+    net = WaveNet(
+        residual_channels=16,
+        gate_channels=16,
+        skip_channels=16,
+        layers_per_stack=6,
+        stacks=1,
+        num_classes=4,
+        block_size=128,
+    )
+    model = NextToken(
+        net,
+        vocab_size=256,
+        block_size=128,
+        num_classes=4,
+        modality="audio",
+        weight_decay=0.0,
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=100, limit_val_batches=2)
+    before = trainer.validate(model, data, verbose=False)[0]["val/loss"]
+    trainer.fit(model, data)
+    after = trainer.validate(model, data, verbose=False)[0]["val/loss"]
+    assert before == pytest.approx(5.545, abs=0.3)  # about ln 256 at the start
+    assert after < before - 0.5
+
+
+def test_predict_writes_wavs_at_the_datas_rate_starting_with_the_prompt(tiny_notes, tmp_path):
+    assert run_cli(["fit", *tiny_notes]) == 0
+    assert run_cli(["predict", *tiny_notes, "--ckpt_path", "last"]) == 0
+    out = tmp_path / "run" / "predictions"
+    assert sorted(p.name for p in out.glob("sample_*.wav")) == [f"sample_{i:05d}.wav" for i in range(3)]
+    for i in range(3):
+        wave, rate = soundfile.read(out / f"sample_{i:05d}.wav", dtype="float32")
+        assert rate == 8000 and wave.shape == (1 + NEW,)  # the prompt (one silent sample) + the new ones
+        assert mu_law_encode(torch.tensor(wave[:1])).item() == 128
+        assert (out / f"sample_{i:05d}.png").is_file()  # its spectrogram
+
+
+def test_samples_reach_wandb_offline_and_tensorboard_as_audio(tiny_notes, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    import wandb
+
+    wandb.finish()
+    loggers = ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger"]
+    loggers += ["--trainer.logger+=lightning.pytorch.loggers.TensorBoardLogger"]
+    loggers += ["--trainer.logger.save_dir", str(tmp_path / "tb")]
+    try:
+        assert run_cli(["fit", *tiny_notes, *loggers]) == 0
+    finally:
+        wandb.finish()
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list((run / "files" / "media" / "audio").rglob("*.wav")), "no audio in the W&B run folder"
+    (events_dir,) = {p.parent for p in (tmp_path / "tb").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    assert sorted(events.Tags()["audio"]) == ["samples/0", "samples/1"]
+    (clip,) = events.Audio("samples/0")[-1:]
+    assert (clip.sample_rate, clip.length_frames) == (8000, 1 + NEW)
