@@ -22,6 +22,11 @@ How to run
     # the full grid (hours on a CPU; minutes on a GPU):
     python benchmarks/fid_vs_nfe.py --ckpt runs/diffusion-mnist/checkpoints/last.ckpt \\
         --num-samples 10000 --device cuda
+    # the grid split over two processes (one per core), then one table and plot of both:
+    python benchmarks/fid_vs_nfe.py --grid ddim:10,20,50 --threads 1 --out runs/fid_vs_nfe/a &
+    python benchmarks/fid_vs_nfe.py --grid dpm_solver++:10,20 heun:10,20 --threads 1 --out runs/fid_vs_nfe/b
+    python benchmarks/fid_vs_nfe.py --merge runs/fid_vs_nfe/a.csv runs/fid_vs_nfe/b.csv \
+        --num-samples 1000 --out runs/fid_vs_nfe/fid_vs_nfe
     # a quick check of the script:
     python benchmarks/fid_vs_nfe.py --ckpt runs/diffusion-mnist/checkpoints/last.ckpt \\
         --num-samples 64 --grid ddim:10,20 dpm_solver++:10,20 --threads 1
@@ -90,7 +95,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="runs/fid_vs_nfe/fid_vs_nfe", help="prefix of the .csv/.md/.png")
+    parser.add_argument("--merge", nargs="+", help="combine the .csv files of earlier runs into --out")
     args = parser.parse_args()
+    if args.merge:
+        rows = []
+        for path in args.merge:
+            with open(path, newline="") as f:
+                rows += [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        header = f"FID of {args.num_samples} samples per row, merged from {', '.join(args.merge)}\n\n"
+        write_outputs(rows, Path(args.out), header, f"FID ({args.num_samples} samples)")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -142,22 +156,36 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     guidance = module.guidance_scale if args.guidance_scale is None else args.guidance_scale
     header = (
         f"FID_{name} of {args.num_samples} samples vs {len(real)} real MNIST5k/train images; "
         f"checkpoint {args.ckpt} ({'EMA' if ema else 'raw'} weights), "
         f"guidance w = {guidance}, seed {args.seed}\n\n"
     )
+    write_outputs(rows, Path(args.out), header, f"FID_{name} ({args.num_samples} samples)")
+
+
+def _number(text: str):
+    """A CSV cell back as int or float where it is one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def write_outputs(rows: list[dict], out: Path, header: str, ylabel: str) -> None:
+    """``<out>.csv``, ``<out>.md`` (a header line and the table) and ``<out>.png`` (the curves)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     table = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     table += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
     out.with_suffix(".md").write_text(header + "\n".join(table) + "\n")
-    plot(rows, out.with_suffix(".png"), f"FID_{name} ({args.num_samples} samples)")
+    plot(rows, out.with_suffix(".png"), ylabel)
     print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
 

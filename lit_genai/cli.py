@@ -37,6 +37,7 @@ and a pointer to ``--help`` (exit 2, as argparse); a ``LitGenAIError`` (a missin
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import netrc
 import os
@@ -188,7 +189,8 @@ class LitGenAICLI(LightningCLI):
         if not hparams:
             return
         if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            class_path = hparams.pop("_class_path")
+            hparams = {"class_path": class_path, "dict_kwargs": _accepted_init_args(class_path, hparams)}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:
@@ -250,6 +252,24 @@ def _check_linked_values(model_config: Any, model: Any, datamodule: Any, ckpt_pa
                 f"model.init_args.{name}={given} but the data ({type(datamodule).__name__}) has "
                 f"{name}={data}: remove model.init_args.{name}, the command line links it from the data{hint}"
             )
+
+
+def _accepted_init_args(class_path: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint hyperparameters that ``class_path``'s ``__init__`` takes.
+
+    LightningCLI stores the model's config as it was after the data links were applied, so a
+    checkpoint can hold a linked name (``sample_shape`` of audio data, say) that the model does not
+    take; merged back as a keyword it would stop ``predict``/``test`` with a long parser traceback.
+    """
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+        parameters = inspect.signature(cls.__init__).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return hparams  # the parser reports the unknown class in its own words
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return hparams
+    return {key: value for key, value in hparams.items() if key in parameters}
 
 
 def _plain(value: Any) -> Any:

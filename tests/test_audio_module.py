@@ -121,3 +121,14 @@ def test_samples_reach_wandb_offline_and_tensorboard_as_audio(tiny_notes, tmp_pa
     assert sorted(events.Tags()["audio"]) == ["samples/0", "samples/1"]
     (clip,) = events.Audio("samples/0")[-1:]
     assert (clip.sample_rate, clip.length_frames) == (8000, 1 + NEW)
+
+
+def test_predict_from_a_checkpoint_whose_hparams_hold_a_linked_name_the_model_lacks(tiny_notes, tmp_path):
+    # The CLI stores the model config after the data links, so the checkpoint holds the audio data's
+    # sample_shape although NextToken takes none; merging it back must not break predict.
+    assert run_cli(["fit", *tiny_notes]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert "sample_shape" in hparams
+    assert run_cli(["predict", *tiny_notes, "--ckpt_path", str(checkpoint)]) == 0
+    assert len(list((tmp_path / "run" / "predictions").glob("sample_*.wav"))) == 3

@@ -1,6 +1,7 @@
 """The `lit-genai` command line, run in-process on the real demo config with tiny overrides."""
 
 import glob
+import importlib
 import sys
 from pathlib import Path
 from unittest import mock
@@ -8,9 +9,12 @@ from unittest import mock
 import pytest
 import torch
 import yaml
-from helpers import TINY_CLI_TRAINER
+from helpers import TINY_CLI_TRAINER, quiet_trainer
+from torch.utils.data import DataLoader, TensorDataset
 
 from lit_genai.cli import LINKED_FROM_DATA, LitGenAICLI, _plain, experiment_name, main
+from lit_genai.nn.autoencoder import Decoder, Encoder
+from lit_genai.vae.autoencoder import KLAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments" / "diffusion" / "mnist.yaml")
@@ -87,6 +91,27 @@ def stand_in_tokenizer(tmp_path_factory) -> Path:
     return folder / "checkpoints" / "last.ckpt"
 
 
+def _stand_in_autoencoder(folder: Path, config: dict) -> Path:
+    """A KL autoencoder checkpoint for a latent diffusion experiment: the image shape of its data,
+    the latent channels its net takes, f = 4 (the latent experiments' first stages), tiny networks
+    fitted 1 step on noise, so the experiment instantiates without the first stage's run."""
+    data = config["data"]
+    module, _, name = data["class_path"].rpartition(".")
+    C, H, W = getattr(importlib.import_module(module), name)(**data.get("init_args", {})).sample_shape
+    c = config["model"]["init_args"]["net"]["init_args"]["in_channels"]
+    net = dict(image_size=H, base_channels=8, channel_mult=[1, 1], num_res_blocks=1, latent_channels=c)
+    model = KLAutoencoder(
+        Encoder(C, double_latent=True, num_groups=4, **net),
+        Decoder(C, num_groups=4, **net),
+        sample_shape=(C, H, W),
+    )
+    images = DataLoader(TensorDataset(torch.rand(4, C, H, W) * 2 - 1, torch.zeros(4, dtype=torch.long)))
+    trainer = quiet_trainer(folder, max_steps=1)
+    trainer.fit(model, train_dataloaders=images)
+    trainer.save_checkpoint(folder / "autoencoder.ckpt")
+    return folder / "autoencoder.ckpt"
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[Path(p).stem for p in EXPERIMENTS])
 def test_every_experiment_instantiates(path, tmp_path, request):
     args = ["--config", path, "--trainer.default_root_dir", str(tmp_path)]
@@ -104,6 +129,9 @@ def test_every_experiment_instantiates(path, tmp_path, request):
         args += ["--data.init_args.root", str(tmp_path / "speech")]
     if "lit_genai.data.tokens.ImageTokens" in text:  # the tokenizer is another experiment's output
         args += ["--data.init_args.tokenizer", str(request.getfixturevalue("stand_in_tokenizer"))]
+    config = yaml.safe_load(text)
+    if (config.get("model") or {}).get("init_args", {}).get("autoencoder"):  # another experiment's output
+        args += ["--model.init_args.autoencoder", str(_stand_in_autoencoder(tmp_path, config))]
     cli = LitGenAICLI(args=args, run=False)
     for name in LINKED_FROM_DATA:  # linked, not typed twice
         if hasattr(cli.datamodule, name) and hasattr(cli.model, name) and name != "num_classes":

@@ -6,7 +6,8 @@ schedule), Song et al. 2021 (DDIM sampling), Salimans & Ho 2022 (v-prediction), 
 Euler / Heun samplers on the sigma grid), Lu et al. 2022 (DPM-Solver++(2M)).
 
 The maths lives in ``schedules.py`` / ``losses.py`` / ``sampling.py`` / ``solvers.py``; the network
-is injected (``net``, any ``nn.Module`` mapping ``(x_t, t, y) -> output``). This file wires them together.
+is injected (``net``, any ``nn.Module`` mapping ``(x_t, t, y) -> output``). This file wires them together;
+what it shares with ``EDM`` and ``FlowMatching`` (guidance, optimiser, latent space) is in ``base.py``.
 
 Shape legend: B batch, C/H/W image, T number of diffusion steps.
 
@@ -22,11 +23,11 @@ from collections.abc import Sequence
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.diffusion.base import DenoisingModule
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
@@ -40,7 +41,6 @@ from lit_genai.diffusion.solvers import (
 )
 from lit_genai.diffusion.vlb import vlb_terms
 from lit_genai.errors import ConfigError
-from lit_genai.hparams import save_plain_hyperparameters
 
 # Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
 # command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
@@ -60,7 +60,7 @@ SAMPLING_OPTIONS = (
 )
 
 
-class Diffusion(LightningModule):
+class Diffusion(DenoisingModule):
     """Denoising diffusion probabilistic model (DDPM) with DDPM, DDIM and ODE-solver samplers and guidance.
 
     Args:
@@ -87,23 +87,25 @@ class Diffusion(LightningModule):
         variance: DDPM sampler variance: ``beta`` (sigma^2 = beta_t, DDPM's CIFAR-10 choice) or
             ``beta_tilde`` (the posterior variance).
         guidance_scale: Classifier-free guidance weight w (see the module docstring).
-        clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step.
+        clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step (images only: not
+            done in the unbounded latent space of an ``autoencoder``).
         bpd_timesteps: Log ``val/bpd`` and ``val/nll_nats``, the variational bound on the NLL of the
             8-bit data (DDPM eq. 5, ``vlb.py``): 0 = off; k < T - 1 = unbiased estimate from k random
             steps + the exact decoder term (k + 1 network calls per batch); T = exact (T calls).
+            A bound of the pixels: refused (must be 0) with an ``autoencoder``.
         test_bpd_timesteps: The same for ``test/bpd`` (on by default: ``lit-genai test`` reports
-            every metric that applies; set T for the exact bound the papers report).
+            every metric that applies; set T for the exact bound the papers report). Skipped with
+            an ``autoencoder``: latents have no bound in bits per pixel.
         optimizer: Optimiser for the network's parameters.
         lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
         warmup_steps: Linear LR warm-up over this many steps (DDPM: 5000).
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
+        autoencoder: Path of a ``KLAutoencoder`` checkpoint: diffuse its scaled latents instead of
+            the images (latent diffusion, Rombach et al. 2022; ``base.py``). The net must fit the
+            latents' shape; samples are decoded to images.
     """
 
-    modality = "image"
-    ema_target = "net"
     sampling_options = SAMPLING_OPTIONS
-    sampling_settings = paradigm.sampling_settings
-    predict_step = paradigm.predict_step
 
     def __init__(
         self,
@@ -128,35 +130,29 @@ class Diffusion(LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         warmup_steps: int = 0,
         seed: int = 0,
+        autoencoder: Optional[str] = None,
     ) -> None:
-        super().__init__()
-        save_plain_hyperparameters(
-            self, objects=("net", "optimizer", "lr_scheduler"), ignore=SAMPLING_OPTIONS
+        if autoencoder is not None and bpd_timesteps > 0:
+            raise ConfigError(
+                f"model.bpd_timesteps={bpd_timesteps} asks for val/bpd, a bound in pixels, but "
+                "model.autoencoder makes this a model of latents: set model.bpd_timesteps: 0"
+            )
+        super().__init__(
+            net, sample_shape, num_classes, p_uncond, optimizer, lr_scheduler, warmup_steps, seed, autoencoder
         )
-        self.net = net
-        self.sample_shape = tuple(int(s) for s in sample_shape)
-        self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.sampler, self.sampling_steps, self.eta, self.skip = sampler, sampling_steps, eta, skip
         self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
         self.bpd_timesteps, self.test_bpd_timesteps = bpd_timesteps, test_bpd_timesteps
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        paradigm.check_net(net, "model.net", sample_shape=self.sample_shape, num_classes=num_classes)
 
         # Schedule in float64, kept as float32 buffers (moved with the module, not trained).
         for name, value in schedule_tensors(make_betas(beta_schedule, num_timesteps)).items():
             self.register_buffer(name, value.float(), persistent=False)
 
-    def forward(self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """(B, C, H, W), (B,), (B,) -> network output (B, C, H, W)."""
-        return self.net(x_t, t, y) if self.num_classes > 0 else self.net(x_t, t)
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
+        x0 = self._encode_batch(x0)  # the latents, with an autoencoder
         B, trainer = x0.shape[0], self._trainer  # None when called outside a Trainer
-        if self.num_classes > 0 and self.hparams.p_uncond > 0:
-            # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-            u = paradigm.this_rank(lambda n: torch.rand(n, device=y.device), B, trainer)  # (B,)
-            y = torch.where(u < self.hparams.p_uncond, torch.full_like(y, self.num_classes), y)
+        y = self._drop_labels(y)  # classifier-free guidance
         # t and noise: this rank's slice of a world-sized draw, so ranks seeded alike differ.
         t = paradigm.this_rank(
             lambda n: torch.randint(0, self.num_timesteps, (n,), device=x0.device), B, trainer
@@ -166,32 +162,6 @@ class Diffusion(LightningModule):
         for name, value in terms.items():
             self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
         return terms["loss"].mean()
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate("val", batch, batch_idx)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate("test", batch, batch_idx)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer(self.net.parameters())
-        schedulers = []
-        if self.hparams.warmup_steps > 0:
-            warmup = self.hparams.warmup_steps
-            schedulers.append(
-                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-            )
-        if self.lr_scheduler is not None:
-            schedulers.append(self.lr_scheduler(optimizer))
-        if not schedulers:
-            return optimizer
-        if len(schedulers) == 1:
-            scheduler = schedulers[0]
-        else:
-            scheduler = torch.optim.lr_scheduler.SequentialLR(
-                optimizer, schedulers, milestones=[self.hparams.warmup_steps]
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()
     def sample(
@@ -211,14 +181,16 @@ class Diffusion(LightningModule):
         ``cond`` (n,) class labels for a class-conditional model (None: unconditional, i.e. the null
         label). The same ``generator`` seed gives the same images.
         ``generator`` may also be one generator per sample (``paradigm.sample_generators``).
+        With an ``autoencoder`` the sampler draws latents, which are decoded to the images returned.
         """
         sampler = sampler or self.sampler
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        shape = (n, *self.sample_shape)
+        shape = (n, *self.net_shape)
         model_fn = self._model_fn(cond, guidance_scale)
+        clip_denoised = self.clip_denoised and self.first_stage is None  # latents are not in [-1, 1]
         options = dict(
             prediction=self.hparams.prediction,
-            clip_denoised=self.clip_denoised,
+            clip_denoised=clip_denoised,
             generator=generator,
             device=self.device,
             progress=progress,
@@ -232,7 +204,7 @@ class Diffusion(LightningModule):
                 x = ddpm_sample(model_fn, shape, self.betas, variance=self.variance, **options)
             elif sampler in SIGMA_SOLVERS:
                 x = SIGMA_SOLVERS[sampler](
-                    vp_denoiser(model_fn, self.alpha_bar, self.hparams.prediction, self.clip_denoised),
+                    vp_denoiser(model_fn, self.alpha_bar, self.hparams.prediction, clip_denoised),
                     shape,
                     self.sigma_grid(steps or self.sampling_steps),
                     generator=generator,
@@ -249,7 +221,7 @@ class Diffusion(LightningModule):
                     skip=self.skip,
                     **options,
                 )
-        return x.clamp(-1, 1)  # (n, C, H, W)
+        return self._to_images(x)  # (n, C, H, W), decoded if latent, clamped to [-1, 1]
 
     def sigma_grid(self, steps: int, rho: float = 7.0) -> Tensor:
         """(steps + 1,) float64 Karras grid (EDM eq. 5) between the schedule's noise levels
@@ -265,9 +237,8 @@ class Diffusion(LightningModule):
         """``<stage>/loss`` (and the bound, if asked) with t and noise fixed per batch index, so the
         curve measures the model, not the dice; distinct per rank, as in training."""
         x0, y = batch
-        trainer = self._trainer
-        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
-        generator = torch.Generator().manual_seed(index)
+        x0 = self._encode_batch(x0)  # the latents, with an autoencoder (and no bound then)
+        generator = self._evaluation_generator(batch_idx)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0)
         terms = self._loss_terms(x0, y, t, eps)
@@ -290,10 +261,11 @@ class Diffusion(LightningModule):
     def _log_bpd(self, stage: str, x0: Tensor, y: Tensor, generator: torch.Generator) -> None:
         """Log the DDPM bound as ``<stage>/bpd`` and ``<stage>/nll_nats`` if asked for that stage.
 
-        A class-conditional model reports the conditional NLL -log p(x | y) (guidance off).
+        A class-conditional model reports the conditional NLL -log p(x | y) (guidance off). A model of
+        an autoencoder's latents has no such bound.
         """
         timesteps = self.test_bpd_timesteps if stage == "test" else self.bpd_timesteps
-        if timesteps <= 0:
+        if timesteps <= 0 or self.first_stage is not None:
             return
         bound = vlb_terms(
             self._model_fn(y if self.num_classes > 0 else None, 0.0),
@@ -308,21 +280,3 @@ class Diffusion(LightningModule):
         bpd = bound["total_bpd"].mean()
         self.log(f"{stage}/bpd", bpd, sync_dist=True)
         self.log(f"{stage}/nll_nats", bpd * x0[0].numel() * math.log(2.0), sync_dist=True)
-
-    def _model_fn(self, cond: Optional[Tensor], w: float):
-        """The denoiser as ``(x_t, t) -> output``, with classifier-free guidance when asked for."""
-        if self.num_classes == 0:
-            return lambda x_t, t: self.net(x_t, t)
-        if cond is None:  # unconditional sample from a conditional model: the null label
-            return lambda x_t, t: self.net(x_t, t, torch.full_like(t, self.num_classes))
-        y = cond.to(self.device)
-        if w == 0:
-            return lambda x_t, t: self.net(x_t, t, y)
-        null = torch.full_like(y, self.num_classes)
-
-        def guided(x_t: Tensor, t: Tensor) -> Tensor:
-            # One batched pass for both branches: (2B, C, H, W) -> two (B, C, H, W).
-            out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-            return out_u + (1 + w) * (out_c - out_u)  # = (1 + w) out_c - w out_u (Ho & Salimans eq. 6)
-
-        return guided

@@ -1,0 +1,206 @@
+"""What the denoising modules share: ``Diffusion`` (DDPM steps), ``EDM`` (noise levels sigma) and
+``FlowMatching`` (times t in [0, 1]).
+
+Each of them trains an injected network ``net(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W)``
+to undo noise and samples by integrating from noise to data; they differ in the noise process, the
+network's target and the samplers. ``DenoisingModule`` holds the rest (docs/architecture.md,
+"Generative modules"):
+
+- the network, the data it models (``sample_shape``, ``num_classes``) and ``paradigm.check_net``;
+- classifier-free guidance (Ho & Salimans 2022): label dropout in training (``p_uncond``,
+  Algorithm 1) and the guided model function (eq. 6), both branches in one batched pass;
+- the optimiser with a linear warm-up and an optional scheduler, stepped every step;
+- ``validation_step`` / ``test_step`` (a subclass's ``_evaluate``) with the noise fixed per batch
+  index, ``predict_step`` and ``sampling_settings`` (``paradigm``);
+- latent space (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+  Models"): with ``autoencoder`` (a ``KLAutoencoder`` checkpoint) the network models the scaled
+  latents of that frozen first stage (``latent.FirstStage``): batches are encoded before the loss,
+  ``sample()`` draws latents and returns their decoded images, so callbacks, FID and media see
+  images. Only ``net`` is optimised and averaged by the EMA.
+
+Hyperparameters: the base saves the ``__init__`` arguments of the subclass too (Lightning collects
+the arguments of every ``__init__`` up the inheritance chain), less the subclass's
+``sampling_options``, which come from the command line (``paradigm.sampling_settings``).
+
+Shape legend: B batch, C/H/W image (or latent: what the net sees, ``net_shape``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lit_genai import paradigm
+from lit_genai.hparams import save_plain_hyperparameters
+
+if TYPE_CHECKING:
+    from lit_genai.diffusion.latent import FirstStage
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+"""(x (B, C, H, W), t (B,)) -> the network's output (B, C, H, W), guidance included."""
+
+
+class DenoisingModule(LightningModule):
+    """Base of the denoising modules (see the module docstring); not a model on its own.
+
+    A subclass defines ``sample``, ``training_step``, ``_evaluate(stage, batch, batch_idx)`` and
+    ``sampling_options``, and passes the arguments below on from its own ``__init__``.
+
+    Args:
+        net: Network ``(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W)``. For class-conditional
+            models it must accept ``num_classes`` as the null label used for guidance.
+        sample_shape: (C, H, W) of one image; linked from the data module.
+        num_classes: Number of classes the data offers; linked from the data module. The network
+            decides whether they are used: a net with ``num_classes=0`` is unconditional.
+        p_uncond: Probability of dropping the label during training (classifier-free guidance).
+        optimizer: Optimiser of the network's parameters.
+        lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
+        warmup_steps: Linear LR warm-up over this many steps.
+        seed: Base seed of ``predict``: sample i uses the generator seed + i.
+        autoencoder: Path of a ``KLAutoencoder`` checkpoint: model its latents (latent diffusion).
+    """
+
+    modality = "image"
+    ema_target = "net"
+    sampling_options: tuple[str, ...] = ()
+    sampling_settings = paradigm.sampling_settings
+    predict_step = paradigm.predict_step
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sample_shape: Sequence[int],
+        num_classes: int,
+        p_uncond: float,
+        optimizer: OptimizerCallable,
+        lr_scheduler: Optional[LRSchedulerCallable],
+        warmup_steps: int,
+        seed: int,
+        autoencoder: Optional[str],
+    ) -> None:
+        super().__init__()
+        # The arguments of the subclass's __init__ as well (Lightning's collect_init_args).
+        save_plain_hyperparameters(
+            self, objects=("net", "optimizer", "lr_scheduler"), ignore=type(self).sampling_options
+        )
+        self.net = net
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.first_stage: Optional[FirstStage] = None
+        if autoencoder is not None:
+            from lit_genai.diffusion.latent import FirstStage  # only latent models need the first stage
+
+            self.first_stage = FirstStage(autoencoder, self.sample_shape)
+        # (C, H, W) of what the network sees: the images, or the first stage's latents.
+        self.net_shape = self.first_stage.latent_shape if self.first_stage is not None else self.sample_shape
+        paradigm.check_net(net, "model.net", sample_shape=self.net_shape, num_classes=num_classes)
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """(B, C, H, W), (B,), (B,) -> network output (B, C, H, W)."""
+        return self.net(x_t, t, y) if self.num_classes > 0 else self.net(x_t, t)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch, batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("test", batch, batch_idx)
+
+    def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.net.parameters())  # the first stage is frozen: never optimised
+        schedulers = []
+        if self.hparams.warmup_steps > 0:
+            warmup = self.hparams.warmup_steps
+            schedulers.append(
+                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+            )
+        if self.lr_scheduler is not None:
+            schedulers.append(self.lr_scheduler(optimizer))
+        if not schedulers:
+            return optimizer
+        if len(schedulers) == 1:
+            scheduler = schedulers[0]
+        else:
+            scheduler = torch.optim.lr_scheduler.SequentialLR(
+                optimizer, schedulers, milestones=[self.hparams.warmup_steps]
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ data space <-> model space
+
+    def _encode_batch(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> what the network models: the first stage's scaled latents
+        (B, c, h, w), without gradients, or the images themselves."""
+        return self.first_stage.encode(x) if self.first_stage is not None else x
+
+    def _to_images(self, x: Tensor) -> Tensor:
+        """Samples in model space -> images (B, C, H, W) in [-1, 1] (decoded when latent)."""
+        if self.first_stage is not None:
+            x = self.first_stage.decode(x)  # (B, C, H, W)
+        return x.clamp(-1, 1)
+
+    # ------------------------------------------------------------------ training and evaluation helpers
+
+    def _drop_labels(self, y: Tensor) -> Tensor:
+        """Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label
+        becomes the null label ``num_classes`` with probability ``p_uncond``; this rank's slice of
+        a world-sized draw (``paradigm.this_rank``). (B,) -> (B,)."""
+        if self.num_classes == 0 or self.hparams.p_uncond <= 0:
+            return y
+        u = paradigm.this_rank(lambda n: torch.rand(n, device=y.device), y.shape[0], self._trainer)  # (B,)
+        return torch.where(u < self.hparams.p_uncond, torch.full_like(y, self.num_classes), y)
+
+    def _evaluation_generator(self, batch_idx: int) -> torch.Generator:
+        """A CPU generator seeded with the batch index (distinct per rank, as in training), so that an
+        evaluation loss measures the model, not the dice: the same noise at every validation."""
+        trainer = self._trainer  # None when called outside a Trainer
+        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
+        return torch.Generator().manual_seed(index)
+
+    def _log_terms(self, stage: str, terms: dict[str, Tensor]) -> None:
+        """Log the per-example ``terms`` {name: (B,)} as ``<stage>/<name>`` means."""
+        for name, value in terms.items():
+            if stage == "train":
+                self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
+            else:
+                self.log(
+                    f"{stage}/{name}",
+                    value.mean(),
+                    prog_bar=stage == "val" and name == "loss",
+                    sync_dist=True,
+                )
+
+    # ------------------------------------------------------------------ guidance
+
+    def _model_fn(self, cond: Optional[Tensor], w: float) -> ModelFn:
+        """The network as ``(x_t, t) -> output``, with classifier-free guidance when asked for.
+
+        ``cond`` (B,) labels or None (an unconditional sample from a conditional model: the null
+        label); ``w`` the guidance weight (Ho & Salimans 2022, eq. 6; 0 = conditional). The guided
+        output is (1 + w) out(x, c) - w out(x, null): for eps, x0, v, EDM's F and a flow's velocity
+        alike, since each is an affine function of the others with coefficients that do not depend
+        on the label.
+        """
+        if self.num_classes == 0:
+            return lambda x_t, t: self.net(x_t, t)
+        if cond is None:  # unconditional sample from a conditional model: the null label
+            return lambda x_t, t: self.net(x_t, t, torch.full_like(t, self.num_classes, dtype=torch.long))
+        y = cond.to(self.device)
+        if w == 0:
+            return lambda x_t, t: self.net(x_t, t, y)
+        null = torch.full_like(y, self.num_classes)
+
+        def guided(x_t: Tensor, t: Tensor) -> Tensor:
+            # One batched pass for both branches: (2B, C, H, W) -> two (B, C, H, W).
+            out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+            return out_u + (1 + w) * (out_c - out_u)  # = (1 + w) out_c - w out_u (Ho & Salimans eq. 6)
+
+        return guided
