@@ -27,6 +27,7 @@ How to run
     python benchmarks/fid_vs_nfe.py --grid dpm_solver++:10,20 heun:10,20 --threads 1 --out runs/fid_vs_nfe/b
     python benchmarks/fid_vs_nfe.py --merge runs/fid_vs_nfe/a.csv runs/fid_vs_nfe/b.csv \
         --num-samples 1000 --out runs/fid_vs_nfe/fid_vs_nfe
+    # (the README table: the demo checkpoint with --guidance-scale 0 and --num-samples 1000)
     # a quick check of the script:
     python benchmarks/fid_vs_nfe.py --ckpt runs/diffusion-mnist/checkpoints/last.ckpt \\
         --num-samples 64 --grid ddim:10,20 dpm_solver++:10,20 --threads 1
@@ -89,12 +90,23 @@ def main() -> None:
     parser.add_argument("--num-real", type=int, default=4000, help="real images (MNIST5k train has 4000)")
     parser.add_argument("--extractor", default="mnist")
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="default: the run's (model.init_args.guidance_scale of the config.yaml beside checkpoints/)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA average")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="runs/fid_vs_nfe/fid_vs_nfe", help="prefix of the .csv/.md/.png")
+    parser.add_argument(
+        "--sigma-max",
+        default=None,
+        help="top of the solvers' sigma grid: a number, or 'schedule' for sigma of step T - 1 "
+        "(default: the module's, 80)",
+    )
     parser.add_argument("--merge", nargs="+", help="combine the .csv files of earlier runs into --out")
     args = parser.parse_args()
     if args.merge:
@@ -113,6 +125,14 @@ def main() -> None:
     ema = False if args.no_ema else load_for_evaluation(module, args.ckpt)
     module = module.to(device).eval()
     runs = parse_grid(args.grid, module.num_timesteps)
+    # Sampling options are not in the checkpoint's hyperparameters (docs/architecture.md, "Generative
+    # modules"), so the run's guidance comes from the config that lit-genai fit saved beside it.
+    module.guidance_scale = (
+        run_guidance(Path(args.ckpt)) if args.guidance_scale is None else args.guidance_scale
+    )
+    if args.sigma_max is not None:
+        module.sigma_max = None if args.sigma_max == "schedule" else float(args.sigma_max)
+    top = float(module.sigma_grid(2)[0])  # the solvers' starting sigma
 
     data = MNIST5k(batch_size=args.batch_size)
     data.setup("fit")
@@ -144,25 +164,37 @@ def main() -> None:
                 generator=paradigm.sample_generators(args.seed, index),
                 sampler=sampler,
                 steps=steps,
-                guidance_scale=args.guidance_scale,
             )
             quality.update_fake(to_uint8(images), labels.to(device) if conditional else None)
         seconds = time.perf_counter() - start
         scores = quality.compute()
         row = dict(sampler=sampler, steps=steps, nfe=nfe, fid=round(scores[f"fid_{name}"], 3))
+        row["sigma_max"] = round(top, 1) if sampler in ("euler", "heun", "dpm_solver++") else ""
         if conditional:
             row["cond_acc"] = round(scores[f"cond_acc_{name}"], 4)
         row["seconds"] = round(seconds, 1)
         rows.append(row)
         print(row, flush=True)
 
-    guidance = module.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    guidance = module.guidance_scale
     header = (
         f"FID_{name} of {args.num_samples} samples vs {len(real)} real MNIST5k/train images; "
         f"checkpoint {args.ckpt} ({'EMA' if ema else 'raw'} weights), "
         f"guidance w = {guidance}, seed {args.seed}\n\n"
     )
     write_outputs(rows, Path(args.out), header, f"FID_{name} ({args.num_samples} samples)")
+
+
+def run_guidance(ckpt: Path) -> float:
+    """The guidance weight of the run that wrote ``ckpt`` (``<run>/checkpoints/x.ckpt``): its
+    ``<run>/config.yaml``'s ``model.init_args.guidance_scale``, else 0 (Diffusion's default)."""
+    import yaml
+
+    config = ckpt.resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        return 0.0
+    init_args = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("init_args") or {}
+    return float(init_args.get("guidance_scale") or 0.0)
 
 
 def _number(text: str):
@@ -196,13 +228,19 @@ def plot(rows: list[dict], path: Path, ylabel: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        points = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
+
+    def curve(r: dict) -> str:
+        top = r.get("sigma_max", "")
+        return f"{r['sampler']} (sigma_max {top:g})" if top not in ("", None) else r["sampler"]
+
+    for label in dict.fromkeys(curve(r) for r in rows):
+        points = sorted((r["nfe"], r["fid"]) for r in rows if curve(r) == label)
         marker = "*" if len(points) == 1 else "o"
         ax.plot(
-            *zip(*points, strict=True), marker=marker, label=sampler, linestyle="-" if len(points) > 1 else ""
+            *zip(*points, strict=True), marker=marker, label=label, linestyle="-" if len(points) > 1 else ""
         )
     ax.set_xscale("log")
+    ax.set_yscale("log")  # FIDs span orders of magnitude between few-step and converged samplers
     ax.set_xlabel("NFE (network evaluations per image)")
     ax.set_ylabel(ylabel)
     ax.legend()

@@ -240,9 +240,22 @@ def test_module_sample_with_each_solver(sampler):
     assert a.min() >= -1 and a.max() <= 1
     grid = module.sigma_grid(4)
     sigmas = vp_sigmas(module.alpha_bar)
-    assert grid[0].item() == pytest.approx(sigmas[-1].item()) and grid[3].item() == pytest.approx(
-        sigmas[0].item()
-    )
+    assert sigmas[-1] > 80  # the linear schedule's top at T = 100 (221): capped at sigma_max
+    assert grid[0].item() == 80.0 and grid[3].item() == pytest.approx(sigmas[0].item())
+    assert grid[-1].item() == 0.0
+
+
+def test_sigma_max_caps_the_solver_grid_only_when_lower_than_the_schedule():
+    module = _module(sampler="heun", sampling_steps=4)
+    top = vp_sigmas(module.alpha_bar)[-1].item()
+    module.sigma_max = None  # the schedule's own top
+    assert module.sigma_grid(4)[0].item() == pytest.approx(top)
+    module.sigma_max = 10 * top  # above the schedule: the schedule's top
+    assert module.sigma_grid(4)[0].item() == pytest.approx(top)
+    module.sigma_max = 5.0
+    grid = module.sigma_grid(4)
+    assert grid[0].item() == 5.0 and bool((grid[:-1] > grid[1:]).all())
+    assert "sigma_max" in module.sampling_settings() and "sigma_max" not in module.hparams
 
 
 def test_module_solver_guidance_uses_both_branches_and_matches_the_pure_solver():
