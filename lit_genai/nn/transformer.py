@@ -21,6 +21,12 @@ Is All You Need", sec. 3.2); the layout and initialisation follow the GPT-2 refe
 ``causal=False`` makes the attention bidirectional (for masked-token models); the cache is meant
 for causal models.
 
+``rope=True`` adds rotary position embeddings (Su et al. 2021, "RoFormer", eq. 34) to the queries
+and keys of every layer, on top of the learned absolute ones, so attention scores also see relative
+offsets. A bidirectional model needs them: with absolute positions alone nothing tells a masked
+position where its neighbours are (causal masking does that for a causal model), and a masked
+character model stays on the unigram plateau for thousands of steps (experiments/masked/text.yaml).
+
 Class conditioning (``num_classes > 0``): a learned class embedding with ``num_classes + 1`` rows,
 added to the token embedding at every position (rather than a prefix token, which would take a
 position of the context); the last row, label ``num_classes``, is the null label of classifier-free
@@ -48,6 +54,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+
+
+def rotary(z: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding (RoFormer eq. 34) of queries or keys z (B, nh, t, hs) at integer
+    ``positions`` (t,): each pair of features (2i, 2i + 1) is rotated by the angle p * base^(-2i/hs).
+    Dot products of rotated vectors then depend on positions only through their difference."""
+    hs = z.shape[-1]
+    inv_freq = base ** (-torch.arange(0, hs, 2, device=z.device, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (t, hs/2)
+    cos, sin = angles.cos().to(z.dtype), angles.sin().to(z.dtype)
+    z1, z2 = z[..., 0::2], z[..., 1::2]  # (B, nh, t, hs/2) each
+    return torch.stack([z1 * cos - z2 * sin, z1 * sin + z2 * cos], dim=-1).flatten(-2)  # (B, nh, t, hs)
+
 
 Activation = Literal["gelu", "gelu_tanh"]
 
@@ -84,14 +103,18 @@ class SelfAttention(nn.Module):
         dropout: dropout on the attention weights and on the output, in training.
         bias: biases in the projections.
         causal: each position attends to itself and earlier ones only.
+        rope: rotate queries and keys by their positions (``rotary``).
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool) -> None:
+    def __init__(
+        self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool, rope: bool = False
+    ) -> None:
         super().__init__()
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # queries, keys, values of all heads
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)  # output (residual) projection
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head, self.n_embd, self.dropout, self.causal = n_head, n_embd, dropout, causal
+        self.rope = rope
 
     def forward(self, x: Tensor, kv: Optional[tuple[Tensor, Tensor]] = None, start: int = 0) -> Tensor:
         """x (B, t, D) -> (B, t, D); with ``kv`` (the layer's cache buffers) the new keys and values
@@ -100,6 +123,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (z.view(B, t, self.n_head, D // self.n_head).transpose(1, 2) for z in (q, k, v))
         # q, k, v: (B, nh, t, hs)
+        if self.rope:  # positions start .. start + t; cached keys were rotated when written
+            positions = torch.arange(start, start + t, device=x.device)
+            q, k = rotary(q, positions), rotary(k, positions)
         mask, is_causal = None, self.causal
         if kv is not None:
             k_buf, v_buf = kv
@@ -144,11 +170,18 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block (GPT-2 sec. 2.3): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(
-        self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool, activation: Activation
+        self,
+        n_embd: int,
+        n_head: int,
+        dropout: float,
+        bias: bool,
+        causal: bool,
+        activation: Activation,
+        rope: bool = False,
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
-        self.attn = SelfAttention(n_embd, n_head, dropout, bias, causal)
+        self.attn = SelfAttention(n_embd, n_head, dropout, bias, causal, rope)
         self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
@@ -172,6 +205,8 @@ class GPT(nn.Module):
         num_classes: class-conditional with this many classes (0: unconditional); label
             ``num_classes`` is the null label.
         activation: ``"gelu"`` or ``"gelu_tanh"`` (GPT-2 checkpoints).
+        rope: add rotary position embeddings to the attention (module docstring); for
+            bidirectional models above all.
     """
 
     def __init__(
@@ -186,6 +221,7 @@ class GPT(nn.Module):
         causal: bool = True,
         num_classes: int = 0,
         activation: Activation = "gelu",
+        rope: bool = False,
     ) -> None:
         super().__init__()
         for key, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer)):
@@ -199,13 +235,16 @@ class GPT(nn.Module):
             raise ConfigError(f"GPT: activation={activation!r}; choose 'gelu' or 'gelu_tanh'")
         self.vocab_size, self.block_size, self.num_classes = vocab_size, block_size, num_classes
         self.n_layer, self.n_head, self.n_embd, self.causal = n_layer, n_head, n_embd, causal
+        self.rope = rope
+        if rope and (n_embd // n_head) % 2:
+            raise ConfigError(f"GPT: rope needs an even head size, got n_embd / n_head = {n_embd // n_head}")
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(vocab_size, n_embd),
                 wpe=nn.Embedding(block_size, n_embd),
                 drop=nn.Dropout(dropout),
                 h=nn.ModuleList(
-                    Block(n_embd, n_head, dropout, bias, causal, activation) for _ in range(n_layer)
+                    Block(n_embd, n_head, dropout, bias, causal, activation, rope) for _ in range(n_layer)
                 ),
                 ln_f=nn.LayerNorm(n_embd, eps=1e-5, bias=bias),
             )
