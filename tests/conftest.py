@@ -13,3 +13,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ae_checkpoint(tmp_path_factory):
+    """A tiny KL autoencoder checkpoint (1x28x28 -> 2x7x7) fitted 2 steps on MNIST5k, its scale
+    factor estimated at its validation, saved as ``lit-genai fit`` saves it; read-only: tests that
+    change a first-stage file copy it first. Shared by the latent-diffusion tests."""
+    from helpers import quiet_trainer
+    from test_autoencoder import tiny_kl
+
+    from lit_genai.data import MNIST5k
+
+    folder = tmp_path_factory.mktemp("kl")
+    torch.manual_seed(0)
+    trainer = quiet_trainer(folder, max_steps=2, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(tiny_kl(), datamodule=MNIST5k(batch_size=16))
+    trainer.save_checkpoint(folder / "kl.ckpt")
+    return folder / "kl.ckpt"

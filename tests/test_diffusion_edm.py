@@ -259,19 +259,6 @@ def test_checkpoint_round_trip_restores_weights_and_samples(tmp_path):
 # ---------------------------------------------------------------------- latent space
 
 
-@pytest.fixture(scope="module")
-def ae_checkpoint(tmp_path_factory):
-    """A tiny KL autoencoder (1x28x28 -> 2x7x7) fitted 2 steps, its scale factor estimated."""
-    from test_autoencoder import tiny_kl
-
-    folder = tmp_path_factory.mktemp("kl")
-    torch.manual_seed(0)
-    trainer = quiet_trainer(folder, max_steps=2, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(tiny_kl(), datamodule=MNIST5k(batch_size=16))
-    trainer.save_checkpoint(folder / "kl.ckpt")
-    return folder / "kl.ckpt"
-
-
 def test_latent_edm_denoises_latents_and_samples_images(ae_checkpoint):
     net = UNet(
         in_channels=2, base_channels=8, channel_mult=(1,), attention_levels=(), num_groups=4, num_classes=10

@@ -34,13 +34,6 @@ def _fit_and_save(module, folder: Path, name: str, val_batches: int = 1, seed: i
 
 
 @pytest.fixture(scope="module")
-def ae_checkpoint(tmp_path_factory) -> Path:
-    """A tiny KL autoencoder (1x28x28 -> 2x7x7), scale factor estimated at its validation."""
-    torch.manual_seed(0)
-    return _fit_and_save(tiny_kl(), tmp_path_factory.mktemp("kl"), "kl.ckpt")
-
-
-@pytest.fixture(scope="module")
 def other_ae_checkpoint(tmp_path_factory) -> Path:
     """Another tiny KL autoencoder of the same architecture: other weights."""
     torch.manual_seed(1)
