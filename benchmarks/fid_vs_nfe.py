@@ -238,6 +238,8 @@ def plot(rows: list[dict], path: Path, ylabel: str) -> None:
 
     def curve(r: dict) -> str:
         top = r.get("sigma_max", "")
+        if r["sampler"] == "ddpm":
+            return "ddpm (ancestral; DDIM eta 1 strides below T)"
         return f"{r['sampler']} (sigma_max {top:g})" if top not in ("", None) else r["sampler"]
 
     for label in dict.fromkeys(curve(r) for r in rows):
