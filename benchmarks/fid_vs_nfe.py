@@ -234,7 +234,7 @@ def plot(rows: list[dict], path: Path, ylabel: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
 
     def curve(r: dict) -> str:
         top = r.get("sigma_max", "")
@@ -252,7 +252,7 @@ def plot(rows: list[dict], path: Path, ylabel: str) -> None:
     ax.set_yscale("log")  # FIDs span orders of magnitude between few-step and converged samplers
     ax.set_xlabel("NFE (network evaluations per image)")
     ax.set_ylabel(ylabel)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)  # beside the curves
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
