@@ -27,6 +27,7 @@ import re
 import torch
 
 from lit_genai import paradigm
+from lit_genai.data.text import pydoc_topics_text
 from lit_genai.masked import MaskedTokens
 
 PROMPTS = (
@@ -39,10 +40,8 @@ PROMPTS = (
 
 
 def corpus_words() -> set[str]:
-    """The words of the help topics (letters and underscores, at least one letter)."""
-    import pydoc_data.topics
-
-    text = "\n".join(pydoc_data.topics.topics.values())
+    """The words of the help topics the model trained on (letters and underscores, at least one letter)."""
+    text = pydoc_topics_text()
     return {w for w in re.findall(r"[A-Za-z_]+", text) if w.strip("_")}
 
 
