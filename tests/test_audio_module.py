@@ -18,6 +18,7 @@ from lit_genai.nn.wavenet import WaveNet
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = str(ROOT / "experiments" / "audio" / "wavenet_notes.yaml")
 NEW = 40  # samples generated after the prompt in these tests
+RATE = yaml.safe_load(Path(NOTES).read_text())["data"]["init_args"]["sample_rate"]  # the recipe's Hz
 
 
 @pytest.fixture()
@@ -95,7 +96,7 @@ def test_predict_writes_wavs_at_the_datas_rate_starting_with_the_prompt(tiny_not
     assert sorted(p.name for p in out.glob("sample_*.wav")) == [f"sample_{i:05d}.wav" for i in range(3)]
     for i in range(3):
         wave, rate = soundfile.read(out / f"sample_{i:05d}.wav", dtype="float32")
-        assert rate == 8000 and wave.shape == (1 + NEW,)  # the prompt (one silent sample) + the new ones
+        assert rate == RATE and wave.shape == (1 + NEW,)  # the prompt (one silent sample) + the new ones
         assert mu_law_encode(torch.tensor(wave[:1])).item() == 128
         assert (out / f"sample_{i:05d}.png").is_file()  # its spectrogram
 
@@ -120,7 +121,7 @@ def test_samples_reach_wandb_offline_and_tensorboard_as_audio(tiny_notes, tmp_pa
     events.Reload()
     assert sorted(events.Tags()["audio"]) == ["samples/0", "samples/1"]
     (clip,) = events.Audio("samples/0")[-1:]
-    assert (clip.sample_rate, clip.length_frames) == (8000, 1 + NEW)
+    assert (clip.sample_rate, clip.length_frames) == (RATE, 1 + NEW)
 
 
 def test_predict_from_a_checkpoint_whose_hparams_hold_a_linked_name_the_model_lacks(tiny_notes, tmp_path):
@@ -132,3 +133,33 @@ def test_predict_from_a_checkpoint_whose_hparams_hold_a_linked_name_the_model_la
     assert "sample_shape" in hparams
     assert run_cli(["predict", *tiny_notes, "--ckpt_path", str(checkpoint)]) == 0
     assert len(list((tmp_path / "run" / "predictions").glob("sample_*.wav"))) == 3
+
+
+def test_the_pitch_benchmark_reads_the_runs_rate_and_scores_the_data_as_notes(tiny_notes, tmp_path, capsys):
+    # benchmarks/wavenet_notes_pitch.py, which the README's "note-like" numbers come from
+    import importlib.util
+    import sys
+    from unittest import mock
+
+    path = ROOT / "benchmarks" / "wavenet_notes_pitch.py"
+    spec = importlib.util.spec_from_file_location("wavenet_notes_pitch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for instrument, floor in enumerate((0.95, 0.95, 0.4, 0.95)):  # flute, clarinet, bell, pluck
+        waves = bench.data_waves(RATE, instrument, 2)
+        assert len(waves) == 2 and bench.score(waves, RATE)[0] > floor
+
+    assert run_cli(["fit", *tiny_notes]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert bench.init_args(bench.run_config(checkpoint), "data")["sample_rate"] == RATE
+    out = tmp_path / "pitch"
+    argv = ["wavenet_notes_pitch.py", str(checkpoint), "--samples", "1", "--threads", "1", "--out", str(out)]
+    with mock.patch.object(sys, "argv", argv):
+        bench.main()
+    temperature = yaml.safe_load(Path(NOTES).read_text())["model"]["init_args"]["temperature"]  # the run's
+    printed = capsys.readouterr().out
+    assert printed.count(f"T={temperature} ") == 4  # a line per instrument
+    assert len(list(out.glob(f"T{temperature}_*.wav"))) == 4
+    assert (out / f"T{temperature}_spectrograms.png").is_file()
+    wave, rate = soundfile.read(out / f"T{temperature}_flute_0.wav")
+    assert rate == RATE and wave.shape == (1 + NEW,)

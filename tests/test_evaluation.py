@@ -94,7 +94,11 @@ def test_same_seed_same_numbers_at_any_batch_size_other_seed_other_numbers(tmp_p
         )
         _test(tmp_path, RealDigits(), [evaluation])
         results.append(evaluation.last_results)
-    assert results[0] == results[1]  # sample i comes from seed + i, whatever the batch size
+    # sample i comes from seed + i, whatever the batch size; the numbers agree to float round-off
+    # (a batched convolution's sums may be ordered by the batch size on some CPUs)
+    assert results[0].keys() == results[1].keys()
+    for key, value in results[0].items():
+        assert results[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert results[0]["fid_mnist"] != results[2]["fid_mnist"]  # the seed picks the samples
 
 
