@@ -30,7 +30,6 @@ import math
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import soundfile
 import torch
 import yaml
@@ -59,10 +58,10 @@ def score(waves: list[torch.Tensor], sample_rate: int) -> tuple[float, float]:
 def data_waves(sample_rate: int, instrument: int, count: int) -> list[torch.Tensor]:
     """The first ``count`` validation clips of an instrument, as the model saw them (mu-law)."""
     data = ProceduralNotes(sample_rate=sample_rate, num_clips=1, val_clips=4 * count, crop_length=1)
-    clips, _ = data._generate()
+    data.setup("validate")
     # validation clip i is instrument i mod 4, after the one training clip
     rows = [1 + i for i in range(4 * count) if i % len(INSTRUMENTS) == instrument]
-    return [mu_law_decode(mu_law_encode(clips.clip(j))) for j in rows]
+    return [mu_law_decode(mu_law_encode(data.clips.clip(j))) for j in rows]
 
 
 def run_config(ckpt: Path) -> dict:
@@ -162,5 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()
