@@ -55,13 +55,16 @@ def score(waves: list[torch.Tensor], sample_rate: int) -> tuple[float, float]:
     return (float(joined.mean()) if joined.numel() else math.nan), voiced / max(frames, 1)
 
 
-def data_waves(sample_rate: int, instrument: int, count: int) -> list[torch.Tensor]:
-    """The first ``count`` validation clips of an instrument, as the model saw them (mu-law)."""
-    data = ProceduralNotes(sample_rate=sample_rate, num_clips=1, val_clips=4 * count, crop_length=1)
+def data_waves(sample_rate: int, count: int) -> list[list[torch.Tensor]]:
+    """The first ``count`` validation clips of each instrument, as the model saw them (mu-law);
+    entry c holds instrument c's."""
+    data = ProceduralNotes(
+        sample_rate=sample_rate, num_clips=1, val_clips=len(INSTRUMENTS) * count, crop_length=1
+    )
     data.setup("validate")
-    # validation clip i is instrument i mod 4, after the one training clip
-    rows = [1 + i for i in range(4 * count) if i % len(INSTRUMENTS) == instrument]
-    return [mu_law_decode(mu_law_encode(data.clips.clip(j))) for j in rows]
+    # validation clip i (clip 1 + i, after the one training clip) is instrument i mod 4
+    waves = [mu_law_decode(mu_law_encode(data.clips.clip(1 + i))) for i in range(len(INSTRUMENTS) * count)]
+    return [waves[c :: len(INSTRUMENTS)] for c in range(len(INSTRUMENTS))]
 
 
 def run_config(ckpt: Path) -> dict:
@@ -112,6 +115,7 @@ def main() -> None:
     envelope = torch.exp(-torch.arange(sr, dtype=torch.float64) / (0.3 * sr))
     noise = [0.5 * envelope * torch.randn(sr, generator=g, dtype=torch.float64) for _ in range(n)]
     print(f"white noise with a decaying envelope: periodicity {score(noise, sr)[0]:.3f}")
+    real = [score(waves, sr) for waves in data_waves(sr, n)]  # per instrument
     for temperature in temperatures:
         rows = []
         for c, name in enumerate(names):
@@ -123,11 +127,10 @@ def main() -> None:
                 progress=True,
             )  # (n, T0 + max_new_tokens)
             waves = list(mu_law_decode(ids))
-            real = score(data_waves(sr, c, n), sr)
             ours = score(waves, sr)
             print(
                 f"T={temperature} {name:9s} samples: periodicity {ours[0]:.3f}, voiced {ours[1]:.2f}  |  "
-                f"data: periodicity {real[0]:.3f}, voiced {real[1]:.2f}"
+                f"data: periodicity {real[c][0]:.3f}, voiced {real[c][1]:.2f}"
             )
             for i, wave in enumerate(waves):
                 soundfile.write(args.out / f"T{temperature}_{name}_{i}.wav", wave.numpy(), sr)

@@ -145,8 +145,8 @@ def test_the_pitch_benchmark_reads_the_runs_rate_and_scores_the_data_as_notes(ti
     spec = importlib.util.spec_from_file_location("wavenet_notes_pitch", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    for instrument, floor in enumerate((0.95, 0.95, 0.4, 0.95)):  # flute, clarinet, bell, pluck
-        waves = bench.data_waves(RATE, instrument, 2)
+    data = bench.data_waves(RATE, 2)
+    for waves, floor in zip(data, (0.95, 0.95, 0.4, 0.95), strict=True):  # flute, clarinet, bell, pluck
         assert len(waves) == 2 and bench.score(waves, RATE)[0] > floor
 
     assert run_cli(["fit", *tiny_notes]) == 0

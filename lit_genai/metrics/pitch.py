@@ -12,9 +12,9 @@ shifted by a lag in the pitch range:
 the "normalised cross-correlation function" of pitch trackers (RAPT, Talkin 1995; the YIN paper's
 eq. 1 is the unnormalised form), taken without their refinements (no octave-error correction, no
 interpolation between lags), since only the height of the peak is used here. A pure tone scores
-1; white noise of a 512-sample frame scores about 0.15 (the largest of ~180 correlations of
-standard deviation 1/sqrt(512)). Frames quieter than ``min_rms`` are left out: silence and the
-tails of decays say nothing about pitch.
+1; white noise of a 512-sample frame scores about 0.12 (the largest of ~180 correlations of
+standard deviation 1/sqrt(512), about 2.7 of them). Frames quieter than ``min_rms`` are left out:
+silence and the tails of decays say nothing about pitch.
 
 The lowest lag is sample_rate / f_max (default 400 Hz: 20 samples at 8 kHz), well above one
 sample, because noise whose energy sits below a few hundred Hz (what an untrained audio model
