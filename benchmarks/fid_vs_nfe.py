@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader
 
 from lit_genai import paradigm
 from lit_genai.data import MNIST5k
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.diffusion import Diffusion
 from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.features import get_extractor

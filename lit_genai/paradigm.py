@@ -56,6 +56,41 @@ class GenerativeModule(Protocol):
     def sampling_settings(self) -> dict[str, Any]: ...
 
 
+LatentSpace = Literal["continuous", "discrete"]
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """What the latent grids, the adversarial objectives and ``pretrained.py`` may rely on in an
+    autoencoder (the VAE, the KL autoencoder, the VQ-VAE; docs/architecture.md, "Autoencoders").
+
+    - ``encode(x, y=None)``: images (B, C, H, W) in [-1, 1] -> latents (B, *latent_shape): a VAE's
+      posterior means (B, D), the KL autoencoder's scaled latents (B, c, h, w), a VQ-VAE's token
+      ids (B, h, w) int64;
+    - ``decode(z, y=None)``: latents -> images (B, C, H, W) in [-1, 1];
+    - ``reconstruct(x, y=None)``: ``decode(encode(x))``, differentiable in x;
+    - ``per_example_loss(x, y=None)`` (B,): the model's own objective, differentiable in x;
+    - ``latent_space``: ``"continuous"`` or ``"discrete"``; ``latent_shape``: the shape of one
+      example's latent, (D,), (c, h, w) or (h, w).
+    """
+
+    latent_space: LatentSpace
+    latent_shape: tuple[int, ...]
+
+    def encode(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor: ...
+
+    def decode(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor: ...
+
+    def reconstruct(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor: ...
+
+    def per_example_loss(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor: ...
+
+
+def is_autoencoder(module: Any) -> bool:
+    """Whether ``module`` keeps the ``Autoencoder`` protocol (with a known ``latent_space``)."""
+    return isinstance(module, Autoencoder) and module.latent_space in ("continuous", "discrete")
+
+
 def is_generative(module: Any) -> bool:
     """Whether ``module`` keeps the contract (has ``sample`` and a known ``modality``)."""
     return callable(getattr(module, "sample", None)) and getattr(module, "modality", None) in MODALITIES

@@ -543,7 +543,7 @@ def example_rows(
 def write_examples(rows: dict[str, Tensor], path: Union[str, Path]) -> Path:
     """``example_rows`` as one PNG grid, a row per entry (top to bottom in the dict's order)."""
     from lit_genai.callbacks.media import write_image_grid
-    from lit_genai.data.images import to_uint8
+    from lit_genai.media import to_uint8
 
     images = torch.cat([to_uint8(v.detach().cpu()) for v in rows.values()])  # (rows * N, C, H, W)
     return write_image_grid(Path(path), images, nrow=next(iter(rows.values())).shape[0])

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lit_genai import paradigm
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.data import MNIST5k
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 
 NUM_SAMPLES, NUM_REAL, BATCH_SIZE = 30, 60, 8
 METRICS = ("fid", "kid", "is", "pr")

@@ -14,7 +14,7 @@ from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from lit_genai.ar.module import NextToken
-from lit_genai.callbacks.media import Waveforms
+from lit_genai.media import Waveforms
 from lit_genai.data.audio import (
     INSTRUMENTS,
     LJSPEECH_URL,

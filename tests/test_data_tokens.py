@@ -13,7 +13,7 @@ from test_autoencoder import tiny_vqvae
 from lit_genai.callbacks import media
 from lit_genai.cli import LitGenAICLI, main
 from lit_genai.data import Digits, MNIST5k
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.data.tokens import ImageTokens
 from lit_genai.errors import ConfigError
 from lit_genai.vae.vqvae import VQVAE

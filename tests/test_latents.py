@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from lit_genai.callbacks.latents import LatentGrids
 from lit_genai.data import MNIST5k
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.nn.vae import MLPDecoder, MLPEncoder
 from lit_genai.vae import VAE
 

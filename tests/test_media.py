@@ -23,7 +23,7 @@ from toys import AudioToyData, AudioToyModel, TextToyData, TextToyModel
 
 from lit_genai import paradigm
 from lit_genai.callbacks import SampleLogger, SampleWriter, media
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lit_genai import paradigm
-from lit_genai.callbacks.media import Waveforms
+from lit_genai.media import Waveforms
 
 # ---------------------------------------------------------------------- text and audio toys
 

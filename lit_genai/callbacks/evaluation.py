@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from lit_genai import paradigm
 from lit_genai.callbacks.samples import run_dir
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.classifier import accuracy, train_classifier
 from lit_genai.metrics.features import get_extractor

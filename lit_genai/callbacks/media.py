@@ -45,34 +45,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from lit_genai.data.images import to_uint8
+from lit_genai.media import Waveforms, to_uint8
 from lit_genai.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Waveforms:
-    """The audio medium: B mono clips of equal length at one sample rate.
-
-    Args:
-        samples: (B, T) float waveforms in [-1, 1].
-        sample_rate: Frames per second (Hz).
-    """
-
-    samples: Tensor
-    sample_rate: int
-
-    def __post_init__(self) -> None:
-        if self.samples.ndim != 2:
-            raise ValueError(f"Waveforms.samples must be (B, T), got shape {tuple(self.samples.shape)}")
-        if int(self.sample_rate) <= 0:
-            raise ValueError(f"Waveforms.sample_rate must be positive, got {self.sample_rate}")
-
-    def __len__(self) -> int:
-        return self.samples.shape[0]
-
-    def numpy(self) -> np.ndarray:
-        """(B, T) float32 on the CPU, clipped to [-1, 1]."""
-        return self.samples.detach().float().cpu().clamp(-1, 1).numpy()
 
 
 Media = Union[Tensor, list[str], Waveforms]

@@ -528,7 +528,7 @@ class _AudioTokens(SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ the audio medium
     def decode(self, ids: Tensor) -> Any:
         """Mu-law ids (B, T) (or one row (T,)) -> ``Waveforms`` (B, T) in [-1, 1] at ``sample_rate``."""
-        from lit_genai.callbacks.media import Waveforms  # lit_genai.callbacks imports the data package
+        from lit_genai.media import Waveforms  # lit_genai.callbacks imports the data package
 
         ids = torch.as_tensor(ids).detach().long().cpu()
         ids = ids[None] if ids.dim() == 1 else ids  # (B, T)

@@ -31,12 +31,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
+from lit_genai.media import to_uint8
 from lit_genai.paradigm import this_rank
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """(B, C, H, W) in [-1, 1] -> (B, C, H, W) uint8, quantised as real 8-bit images are."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -32,7 +32,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lit_genai.data.images import ImageDataModule, to_uint8
+from lit_genai.data.images import ImageDataModule
+from lit_genai.media import to_uint8
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
 from lit_genai.paradigm import eval_mode

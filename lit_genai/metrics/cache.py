@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 
 __all__ = ["default_cache_dir", "fingerprint", "key_digest", "real_features"]
 

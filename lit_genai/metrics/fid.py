@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 
-from lit_genai.data.images import to_uint8
+from lit_genai.media import to_uint8
 from lit_genai.errors import ConfigError
 from lit_genai.metrics.cache import default_cache_dir, real_features
 from lit_genai.metrics.conditioning import ConditionalAccuracy

@@ -182,6 +182,7 @@ class VAE(LightningModule):
             channels_attr="out_channels",
         )
         self.latent_dim = _latent_dim(encoder, decoder)
+        self.latent_shape: tuple[int, ...] = (self.latent_dim,)  # one encode() row (Autoencoder)
         self._encoder_classes = int(getattr(encoder, "num_classes", 0))
         if self._encoder_classes not in (0, self.num_classes):
             raise ConfigError(

@@ -102,6 +102,11 @@ class VQVAE(LightningModule):
         """Number of token ids K (the codebook size)."""
         return self.quantizer.num_codes
 
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(h, w): the token grid of one image (the Autoencoder protocol's latent shape)."""
+        return self.token_shape
+
     # ------------------------------------------------------------------ the autoencoder contract
     def encode(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Images (B, C, H, W) in [-1, 1] -> token ids (B, h, w) int64 (nearest codes)."""
