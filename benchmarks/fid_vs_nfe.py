@@ -2,7 +2,7 @@
 
 What it measures
     For a ``lit-genai fit`` checkpoint of ``lit_genai.diffusion.Diffusion`` (EMA weights when the
-    checkpoint has them, as ``lit-genai test`` uses), FID (``lit_genai.metrics.fid.QualityMetrics``
+    checkpoint has them, as ``lit-genai test`` uses), FID (``lit_genai.metrics.quality.QualityMetrics``
     with the data's feature extractor, ``mnist`` for MNIST) of ``--num-samples`` generated images
     against the features of ``--num-real`` real training images (the cached features of
     ``lit_genai.metrics.cache.real_features``), for each (sampler, NFE) of ``--grid``:
@@ -51,13 +51,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_genai import paradigm
+from lit_genai.callbacks.ema import load_for_evaluation
 from lit_genai.data import MNIST5k
-from lit_genai.media import to_uint8
 from lit_genai.diffusion import Diffusion
+from lit_genai.media import to_uint8
 from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.features import get_extractor
-from lit_genai.metrics.fid import QualityMetrics
-from lit_genai.robustness import load_for_evaluation
+from lit_genai.metrics.quality import QualityMetrics
 
 FULL_GRID = ("ddpm:1000", "ddim:10,20,50,100", "dpm_solver++:10,20,50,100", "heun:10,20,50,100")
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm_solver++")
@@ -96,7 +96,8 @@ def main() -> None:
         "--guidance-scale",
         type=float,
         default=None,
-        help="default: the run's (model.init_args.guidance_scale of the config.yaml beside checkpoints/)",
+        help="default: the run's (model.init_args.sampling.guidance_scale of the config.yaml beside "
+        "checkpoints/)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA average")
@@ -130,13 +131,13 @@ def main() -> None:
     if args.channels_last:  # about 1.2x faster convolutions on a CPU; the same model
         module.net.to(memory_format=torch.channels_last)
     runs = parse_grid(args.grid, module.num_timesteps)
-    # Sampling options are not in the checkpoint's hyperparameters (docs/architecture.md, "Generative
-    # modules"), so the run's guidance comes from the config that lit-genai fit saved beside it.
-    module.guidance_scale = (
-        run_guidance(Path(args.ckpt)) if args.guidance_scale is None else args.guidance_scale
-    )
+    # Sampling settings are not in the checkpoint's hyperparameters (docs/architecture.md, "Sampling
+    # settings"), so the run's guidance comes from the config that lit-genai fit saved beside it.
+    guidance = run_guidance(Path(args.ckpt)) if args.guidance_scale is None else args.guidance_scale
+    settings = {"guidance_scale": guidance}
     if args.sigma_max is not None:
-        module.sigma_max = None if args.sigma_max == "schedule" else float(args.sigma_max)
+        settings["sigma_max"] = None if args.sigma_max == "schedule" else float(args.sigma_max)
+    module.sampling = module.sampling.replace(**settings)
     top = float(module.sigma_grid(2)[0])  # the solvers' starting sigma
 
     data = MNIST5k(batch_size=args.batch_size)
@@ -164,13 +165,12 @@ def main() -> None:
             index = list(range(first, min(first + args.batch_size, args.num_samples)))
             labels = torch.tensor(index) % module.num_classes if module.num_classes > 0 else None
             strided = sampler == "ddpm" and steps < module.num_timesteps
+            # eta only for the strided ancestral runs (DDIM eta = 1); the module's own otherwise
+            options = (
+                dict(sampler="ddim", steps=steps, eta=1.0) if strided else dict(sampler=sampler, steps=steps)
+            )
             images = module.sample(
-                len(index),
-                cond=labels,
-                generator=paradigm.sample_generators(args.seed, index),
-                sampler="ddim" if strided else sampler,
-                steps=steps,
-                eta=1.0 if strided else None,
+                len(index), cond=labels, generator=paradigm.sample_generators(args.seed, index), **options
             )
             quality.update_fake(to_uint8(images), labels.to(device) if conditional else None)
         seconds = time.perf_counter() - start
@@ -183,7 +183,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
 
-    guidance = module.guidance_scale
+    guidance = module.sampling.guidance_scale
     header = (
         f"FID_{name} of {args.num_samples} samples vs {len(real)} real MNIST5k/train images; "
         f"checkpoint {args.ckpt} ({'EMA' if ema else 'raw'} weights), "
@@ -194,13 +194,18 @@ def main() -> None:
 
 def run_guidance(ckpt: Path) -> float:
     """The guidance weight of the run that wrote ``ckpt`` (``<run>/checkpoints/x.ckpt``): its
-    ``<run>/config.yaml``'s ``model.init_args.guidance_scale``, else 0 (Diffusion's default)."""
+    ``<run>/config.yaml``'s ``model.init_args.sampling.guidance_scale`` (or, in the run folders written
+    before the sampling settings were one argument, ``model.init_args.guidance_scale``), else 0
+    (``DiffusionSampling``'s default)."""
     import yaml
 
     config = ckpt.resolve().parent.parent / "config.yaml"
     if not config.is_file():
         return 0.0
     init_args = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("init_args") or {}
+    sampling = init_args.get("sampling") or {}
+    if isinstance(sampling, dict) and sampling.get("guidance_scale") is not None:
+        return float(sampling["guidance_scale"])
     return float(init_args.get("guidance_scale") or 0.0)
 
 

@@ -19,8 +19,9 @@ How to run
     # several temperatures (default: the run's), more samples:
     python benchmarks/wavenet_notes_pitch.py last.ckpt --temperature 1.0 0.9 --samples 4 --out runs/pitch
 
-    The sample rate and the sampling options (``max_new_tokens``, ``prompt``, ``temperature``) are the
-    run's: its ``config.yaml`` beside ``checkpoints/``, as ``lit-genai predict`` would use them.
+    The sample rate and the sampling settings (``model.sampling``: ``max_new_tokens``, ``prompt``,
+    ``temperature``) are the run's: its ``config.yaml`` beside ``checkpoints/``, as ``lit-genai
+    predict`` would use them.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ import torch
 import yaml
 
 from lit_genai import paradigm
-from lit_genai.ar.module import SAMPLING_OPTIONS, NextToken
-from lit_genai.callbacks.media import spectrogram
+from lit_genai.ar.module import NextToken
 from lit_genai.data.audio import INSTRUMENTS, ProceduralNotes, mu_law_decode, mu_law_encode
+from lit_genai.media import spectrogram
 from lit_genai.metrics.pitch import periodicity
 
 matplotlib.use("Agg")
@@ -86,7 +87,11 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=int, default=2, help="samples per instrument")
     parser.add_argument(
-        "--temperature", type=float, nargs="+", default=None, help="default: the run's (model.init_args)"
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=None,
+        help="default: the run's (model.init_args.sampling)",
     )
     parser.add_argument(
         "--sample-rate",
@@ -100,12 +105,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = NextToken.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
-    # Sampling options are not hyperparameters (ar.module.SAMPLING_OPTIONS): take the run's, as predict does
+    # The sampling settings are not hyperparameters (kept out of checkpoints): take the run's, as predict does
     config = run_config(args.ckpt)
-    for key, value in init_args(config, "model").items():
-        if key in SAMPLING_OPTIONS:
-            setattr(model, key, value)
-    temperatures = args.temperature or [model.temperature]
+    model.sampling = model.sampling.replace(**(init_args(config, "model").get("sampling") or {}))
+    temperatures = args.temperature or [model.sampling.temperature]
     names = model.class_names or list(INSTRUMENTS)
     sr, n = args.sample_rate or init_args(config, "data").get("sample_rate"), args.samples
     if sr is None:

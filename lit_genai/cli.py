@@ -3,7 +3,7 @@
     lit-genai fit      --config experiments/diffusion/mnist.yaml
     lit-genai fit      --config experiments/diffusion/mnist.yaml --ckpt_path last     # resume
     lit-genai test     --config experiments/diffusion/mnist.yaml --ckpt_path last
-    lit-genai predict  --config experiments/diffusion/mnist.yaml --ckpt_path last --model.sampling_steps 50
+    lit-genai predict  --config experiments/diffusion/mnist.yaml --ckpt_path last --model.sampling.steps 50
     lit-genai robustness --config experiments/eval/mnist_classifier.yaml --ckpt_path last --eps "[0,0.1,0.3]"
 
 Defaults that every experiment shares live here, so experiment files hold only the experiment:
@@ -23,10 +23,14 @@ Defaults that every experiment shares live here, so experiment files hold only t
   on the command line or by a checkpoint) that differs from both the data's and the model's
   default stops the run with one line naming both.
 
-``lit-genai robustness`` (``lit_genai.robustness.RobustnessTrainer.robustness``) attacks a trained
-model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``, ``--num_examples``)
-and writes ``robustness.json`` + ``robustness.png`` next to the checkpoint's folder; the other
-subcommands are Lightning's.
+``lit-genai robustness`` (``lit_genai.adversarial.command.TrainerWithRobustness.robustness``) attacks a
+trained model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``,
+``--num_examples``) and writes ``robustness.json`` + ``robustness.png`` next to the checkpoint's folder;
+the other subcommands are Lightning's.
+
+Library notices a user cannot act on are kept off the terminal (``quiet_library_notices``): Lightning's
+litlogger advert and a deprecation inside Lightning are filtered, narrowly matched; W&B's warnings about
+the ``anonymous`` setting and a missing git root are avoided at their source (``LitGenAICLI``).
 
 Bad input ends in one line and a non-zero exit (``docs/architecture.md``, "Errors"): a parser error
 (missing config file, wrong type, unknown class path, unknown key) prints ``lit-genai: error: ...``
@@ -39,15 +43,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
+from lit_genai.adversarial.command import TrainerWithRobustness
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
@@ -56,8 +64,8 @@ from lit_genai.callbacks.lr_monitor import LearningRateLogger
 from lit_genai.callbacks.rng import RNGState
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
 from lit_genai.cli_checks import LitGenAIParser, check_checkpoint, is_checkpoint_file
+from lit_genai.conditions import check_conditions
 from lit_genai.errors import ConfigError, LitGenAIError
-from lit_genai.robustness import RobustnessTrainer
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -114,8 +122,8 @@ class LitGenAICLI(LightningCLI):
     lacks the argument; the data's value wins, and a different one set for the model is a
     ``ConfigError`` (checked right after instantiation, before anything runs).
 
-    The trainer is a ``RobustnessTrainer``: Lightning's ``Trainer`` plus the ``robustness`` method
-    behind the subcommand of that name.
+    The trainer is a ``TrainerWithRobustness``: Lightning's ``Trainer`` plus the ``robustness`` method
+    behind the subcommand of that name (LightningCLI builds every subcommand's trainer from one class).
     """
 
     @staticmethod
@@ -142,7 +150,7 @@ class LitGenAICLI(LightningCLI):
             trainer_defaults=trainer_defaults,
             auto_configure_optimizers=False,
             args=args,
-            **{"parser_class": LitGenAIParser, "trainer_class": RobustnessTrainer, **kwargs},
+            **{"parser_class": LitGenAIParser, "trainer_class": TrainerWithRobustness, **kwargs},
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -212,6 +220,13 @@ class LitGenAICLI(LightningCLI):
                 continue
             if init_args.get("save_dir") in (None, ".", ""):
                 init_args.save_dir = root
+            if logger.class_path.rsplit(".", 1)[-1] == "WandbLogger" and self.subcommand is not None:
+                # wandb.init looks for the git repository from its folder and warns "git root ... does
+                # not exist" when the folder is not there yet; from an existing one it finds the
+                # project's repository (the commit goes into the run) or, outside a repository, none.
+                Path(init_args.get("save_dir") or init_args.get("dir") or root).mkdir(
+                    parents=True, exist_ok=True
+                )
             if "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
                 # W&B: the run's display name; TensorBoard/CSV: a subfolder of the run folder.
                 kind = logger.class_path.rsplit(".", 1)[-1]
@@ -232,6 +247,13 @@ class LitGenAICLI(LightningCLI):
         super().instantiate_classes()
         config = self.config[self.subcommand] if self.subcommand else self.config
         _check_linked_values(config.model, self.model, self.datamodule, config.get("ckpt_path"))
+        check_conditions(self.model, self.datamodule)  # a condition the model needs and the data lacks
+        for logger in self.trainer.loggers:
+            wandb_init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+            if wandb_init is not None and "anonymous" in wandb_init and wandb_init["anonymous"] is None:
+                # Lightning always passes anonymous=None to wandb.init, and wandb (0.19 and later) then
+                # warns that "the anonymous setting has no effect"; left unset, it says nothing.
+                del wandb_init["anonymous"]
 
 
 def _check_linked_values(model_config: Any, model: Any, datamodule: Any, ckpt_path: Any = None) -> None:
@@ -286,8 +308,41 @@ def _find_last_checkpoint(dirpath: str) -> str:
     return str(candidates[-1])
 
 
+# Notices printed at every run that name nothing a lit-genai user can change.
+_LITLOGGER_TIP = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]"
+_LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Drops Lightning's advert for litlogger, logged at every Trainer construction without a LitLogger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_LITLOGGER_TIP)
+
+
+def quiet_library_notices() -> None:
+    """Keep two library notices off the terminal, each matched by its own text and origin only.
+
+    - Lightning's litlogger tip (an advert, logged through its ``rank_zero`` logger);
+    - the ``FutureWarning`` of ``torch.utils._pytree.LeafSpec`` raised inside Lightning's own
+      ``utilities/_pytree.py`` (Lightning's to fix, not the user's).
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=_LEAFSPEC_DEPRECATION,
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # rank_zero_info logs through whichever of these two Lightning set as its logger last.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_DropLitLoggerTip())
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``lit-genai`` and ``python -m lit_genai``."""
+    quiet_library_notices()
     try:
         LitGenAICLI(args=args)
     except Exception as error:

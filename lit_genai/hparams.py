@@ -5,6 +5,10 @@ dicts), which ``load_from_checkpoint`` can rebuild and ``torch.load(weights_only
 (docs/architecture.md, "Checkpoints"). Built from Python, the same arguments are objects (a
 network, an optimiser class, a lambda): pickling them would make checkpoints unsafe or unloadable,
 and a network's weights are in the state dict already, so they are dropped.
+
+The ``sampling`` init argument (a paradigm's ``SamplingSettings``) is never saved: LightningCLI lets
+a checkpoint's hyperparameters override the command line, and ``predict --model.sampling.steps 20``
+must not be silently ignored (docs/architecture.md, "Sampling settings").
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ from collections.abc import Sequence
 
 from lightning.pytorch import LightningModule
 
+SAMPLING = "sampling"  # the init argument of a module's inference-time settings, never saved
+
 
 def save_plain_hyperparameters(
     module: LightningModule, objects: Sequence[str], ignore: Sequence[str] = ()
 ) -> None:
-    """``module.save_hyperparameters(ignore=ignore)`` from the caller's ``__init__``, then drop each of
-    ``objects`` (init argument names) whose value is not plain config (a dict or a string)."""
+    """``module.save_hyperparameters(ignore=ignore)`` from the caller's ``__init__`` (``sampling`` is
+    always ignored), then drop each of ``objects`` (init argument names) whose value is not plain
+    config (a dict or a string)."""
     frame = inspect.currentframe().f_back  # the caller's __init__, whose arguments are saved
     with warnings.catch_warnings():  # networks as modules: their weights are in the state dict already
         warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
-        module.save_hyperparameters(ignore=list(ignore), frame=frame)
+        module.save_hyperparameters(ignore=[*ignore, SAMPLING], frame=frame)
     for name in objects:
         value = module.hparams.get(name)
         if value is not None and not isinstance(value, (dict, str)):

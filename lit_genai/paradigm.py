@@ -1,32 +1,37 @@
-"""The contract every generative LightningModule keeps, and the few helpers they share.
+"""The contracts every generative LightningModule and every autoencoder keep, and the few helpers
+they share (docs/architecture.md, "Generative modules", "Sampling settings", "Autoencoders").
 
-``docs/architecture.md`` ("Generative modules") states the contract for users. In short, a
-paradigm's module (``Diffusion``, ``GAN``, ...) has
+A paradigm's module (``Diffusion``, ``GAN``, ...) keeps ``GenerativeModule``:
 
 - ``sample(n, *, cond=None, generator=None, **options) -> Tensor``: ``n`` samples in data space
-  (images in [-1, 1] (n, C, H, W), token ids (n, T), waveforms (n, T)); ``cond`` (n,) class labels
-  of a class-conditional model; ``generator`` one ``torch.Generator`` for the whole batch or one per
-  sample (``sample_generators``), so that the same seeds give the same samples;
+  (images in [-1, 1] (n, C, H, W), token ids (n, T), waveforms (n, T)); ``cond`` the named
+  conditions (``lit_genai.conditions``; a bare (n,) tensor means class labels); ``generator`` one
+  ``torch.Generator`` for the whole batch or one per sample (``sample_generators``), so that the
+  same seeds give the same samples; ``options`` override the module's sampling settings for this
+  call, by the settings' own names;
+- ``sampling``: its inference-time settings, one frozen dataclass per paradigm (a
+  ``SamplingSettings``), passed as the ``sampling`` init argument (``--model.sampling.steps 20``)
+  and kept out of checkpoint hyperparameters, so that ``predict`` and ``test`` take them from the
+  command line; ``sampling_settings(**options)`` gives the values a ``sample(**options)`` call uses,
+  which the evaluation protocol records;
 - ``modality``: ``"image"``, ``"text"`` or ``"audio"``, which media route its samples take;
 - ``ema_target``: the name of the submodule the EMA callback averages (``None``: the whole module);
-- ``num_classes``: the classes the model uses (0 = unconditional);
-- ``sampling_options``: the names of its inference-time settings (sampler, steps, guidance, ...).
-  They are kept out of checkpoint hyperparameters, so that ``predict`` and ``test`` take them from
-  the command line (LightningCLI lets a checkpoint's hyperparameters override the command line),
-  and ``sampling_settings()`` returns their current values for the evaluation protocol.
+- ``num_classes``: the classes the model uses (0 = unconditional); ``conditions``: the names of the
+  conditions it uses (``("label",)`` for a class-conditional model).
 
-Callbacks read only this contract. There is no base class (a paradigm is a plain
-``LightningModule``); the shared pieces are functions: assign ``predict_step`` and
-``sampling_settings`` as methods, use ``eval_mode`` around sampling and ``check_net`` in ``__init__``.
+Callbacks read only these contracts. There is no base class for generative modules; the shared
+pieces are functions and one dataclass base: assign ``predict_step`` and ``sampling_settings`` as
+methods, use ``eval_mode`` around sampling and ``check_net`` in ``__init__``.
 
 Shape legend: B batch (n samples), C/H/W image, T time or tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Optional, Protocol, TypeVar, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +45,46 @@ Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 """One generator for a whole batch, one per sample (row i draws from ``generator[i]``), or None."""
 
 
+Settings = TypeVar("Settings", bound="SamplingSettings")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Base of a paradigm's inference-time settings (sampler, steps, guidance, temperature, ...).
+
+    Each paradigm subclasses it with typed, defaulted, documented fields (``DiffusionSampling``,
+    ``TokenSampling``, ...). A field's name is the setting's one name everywhere: the module's
+    ``sampling.<name>``, the ``sample(<name>=...)`` keyword, ``--model.sampling.<name>`` on the
+    command line, ``evaluation.sampling`` and the evaluation protocol. Frozen: change a module's
+    settings with ``module.sampling = module.sampling.replace(steps=20)``.
+    """
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The settings' names, in their declared order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replace(self: Settings, **options: Any) -> Settings:
+        """These settings with ``options`` changed; an unknown name is one ``ConfigError`` line naming
+        the allowed ones."""
+        unknown = sorted(set(options) - set(self.names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown sampling option(s) {', '.join(unknown)} for {type(self).__name__}; "
+                f"the options are: {', '.join(self.names()) or 'none'}"
+            )
+        return dataclasses.replace(self, **options) if options else self
+
+    def as_dict(self) -> dict[str, Any]:
+        """{name: value}, in declared order (for the evaluation protocol and logs)."""
+        return {name: getattr(self, name) for name in self.names()}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings(SamplingSettings):
+    """For a module with nothing to choose at sampling time."""
+
+
 @runtime_checkable
 class GenerativeModule(Protocol):
     """What callbacks, ``predict`` and the metrics may rely on (see the module docstring)."""
@@ -47,13 +92,12 @@ class GenerativeModule(Protocol):
     modality: Modality
     ema_target: Optional[str]
     num_classes: int
-    sampling_options: tuple[str, ...]
+    conditions: tuple[str, ...]
+    sampling: SamplingSettings
 
-    def sample(
-        self, n: int, *, cond: Optional[Tensor] = None, generator: Generators = None, **options: Any
-    ) -> Tensor: ...
+    def sample(self, n: int, *, cond: Any = None, generator: Generators = None, **options: Any) -> Tensor: ...
 
-    def sampling_settings(self) -> dict[str, Any]: ...
+    def sampling_settings(self, **options: Any) -> dict[str, Any]: ...
 
 
 LatentSpace = Literal["continuous", "discrete"]
@@ -99,12 +143,17 @@ def is_generative(module: Any) -> bool:
 # ---------------------------------------------------------------------- shared methods
 
 
-def sampling_settings(self: Any) -> dict[str, Any]:
-    """The current values of ``self.sampling_options``: ``{name: value}``, for the evaluation protocol.
-
-    Assign as a method: ``sampling_settings = paradigm.sampling_settings``.
+def sampling_settings(self: Any, **options: Any) -> dict[str, Any]:
+    """The settings a ``self.sample(n, **options)`` call uses: ``self.sampling`` with ``options``
+    applied, as ``{name: value}`` (unknown names are one ``ConfigError`` line), for the evaluation
+    protocol. Assign as a method: ``sampling_settings = paradigm.sampling_settings``.
     """
-    return {name: getattr(self, name) for name in self.sampling_options}
+    return self.sampling.replace(**options).as_dict()
+
+
+def conditions_of(num_classes: int) -> tuple[str, ...]:
+    """The conditions of a model conditioned on class labels only: ``("label",)`` or none."""
+    return ("label",) if num_classes > 0 else ()
 
 
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -194,6 +243,55 @@ def this_rank(draw: Callable[[int], Tensor], n: int, trainer: Any = None) -> Ten
         return draw(n)
     rank = trainer.global_rank
     return draw(world * n)[rank * n : (rank + 1) * n]
+
+
+def evaluation_index(trainer: Any, batch_idx: int) -> int:
+    """A global index of evaluation batch ``batch_idx`` on this rank, distinct per rank:
+    ``batch_idx * world_size + rank`` (``batch_idx`` outside a Trainer)."""
+    if trainer is None:
+        return batch_idx
+    return batch_idx * trainer.world_size + trainer.global_rank
+
+
+def evaluation_generator(trainer: Any, batch_idx: int, seed: int = 0) -> torch.Generator:
+    """A CPU generator for the random draws of evaluation batch ``batch_idx`` (noise, timesteps,
+    masks, binarisation), seeded ``seed + evaluation_index``: the same draws at every validation, so
+    a validation curve measures the model and not the dice, and distinct per rank, as in training."""
+    return torch.Generator().manual_seed(seed + evaluation_index(trainer, batch_idx))
+
+
+# ---------------------------------------------------------------------- optimisation
+
+
+def optimizer_config(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Optional[Callable[[torch.optim.Optimizer], Any]] = None,
+    *,
+    warmup_steps: int = 0,
+    interval: Literal["step", "epoch"] = "epoch",
+    monitor: Optional[str] = None,
+) -> Any:
+    """What ``configure_optimizers`` returns for one optimiser: a linear LR warm-up over
+    ``warmup_steps`` optimisation steps (factor (step + 1) / warmup_steps), then ``lr_scheduler``
+    (built on the optimiser), stepped every ``interval`` (every step when there is a warm-up);
+    ``monitor`` is the metric a ``ReduceLROnPlateau`` reads. Without either: the optimiser alone."""
+    schedulers = []
+    if warmup_steps > 0:
+        warmup = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup_steps)
+        )
+        schedulers.append(warmup)
+    if lr_scheduler is not None:
+        schedulers.append(lr_scheduler(optimizer))
+    if not schedulers:
+        return optimizer
+    scheduler = schedulers[0]
+    if len(schedulers) == 2:
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=[warmup_steps])
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": "step" if warmup_steps > 0 else interval}
+    if monitor is not None:
+        config["monitor"] = monitor
+    return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 # ---------------------------------------------------------------------- network versus data

@@ -7,8 +7,10 @@ diffusion) read their first stage from a checkpoint by path (docs/architecture.m
   network as plain ``class_path`` + ``init_args`` in its hyperparameters when the network keeps
   every init argument as an attribute of the same name (``lit_genai.nn.autoencoder``,
   ``lit_genai.nn.vq``), so its checkpoints can be rebuilt like those of ``lit-genai fit``;
-- ``load_pretrained``: rebuild a frozen module from such a checkpoint with
-  ``torch.load(weights_only=True)``, one ``ConfigError`` line for every bad file.
+- ``load_pretrained``: rebuild a frozen autoencoder from such a checkpoint with
+  ``torch.load(weights_only=True)``, one ``ConfigError`` line for every bad file. The rebuilt module
+  must keep the ``lit_genai.paradigm.Autoencoder`` protocol (a second stage encodes and decodes
+  through it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from lit_genai import paradigm
 from lit_genai.errors import ConfigError
 
 # ---------------------------------------------------------------------- plain network configs
@@ -108,14 +111,15 @@ def _network_class(class_path: str, where: str) -> type[nn.Module]:
 
 
 def load_pretrained(path: str, cls: type[M], key: str) -> M:
-    """Rebuild a frozen ``cls`` (``VQVAE``, ``KLAutoencoder``) from a checkpoint, in eval mode.
+    """Rebuild a frozen autoencoder ``cls`` (``VQVAE``, ``KLAutoencoder``) from a checkpoint, in eval mode.
 
     The checkpoint is read with ``torch.load(weights_only=True)``. The networks come from the
     ``class_path`` + ``init_args`` entries of its hyperparameters: written by ``lit-genai fit``
     (LightningCLI stores the config), or by ``record_network_configs`` for a module built in
     Python. Optimiser and scheduler settings are not needed and not rebuilt. ``key`` is the config
     key that named the file, used in the messages. Raises one ``ConfigError`` line for: a missing
-    file, an unreadable or corrupt one, a checkpoint of another module, and weights that do not fit.
+    file, an unreadable or corrupt one, a checkpoint of another module, a module that does not keep
+    the ``lit_genai.paradigm.Autoencoder`` protocol, and weights that do not fit.
     """
     where = f"{key}={path}"
     file = Path(path).expanduser()
@@ -172,6 +176,11 @@ def load_pretrained(path: str, cls: type[M], key: str) -> M:
     accepted = inspect.signature(cls.__init__).parameters
     plain = {k: v for k, v in hparams.items() if k in accepted and k not in ("optimizer", "lr_scheduler")}
     module = cls(**built, **plain)
+    if not paradigm.is_autoencoder(module):  # what a second stage reads of its first stage
+        raise ConfigError(
+            f"{where}: a {type(module).__name__} does not keep the Autoencoder protocol "
+            "(lit_genai.paradigm.Autoencoder); give the checkpoint of an autoencoder"
+        )
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:

@@ -169,7 +169,7 @@ class TokenTraining:
         if unknown:
             shown = "".join(sorted(set(unknown)))
             raise ConfigError(
-                f"model.prompt has characters outside the vocabulary: {shown!r}; use only the "
+                f"model.sampling.prompt has characters outside the vocabulary: {shown!r}; use only the "
                 "training text's characters"
             )
         return out

@@ -17,6 +17,7 @@ hung), agree, and equal a single-process computation on the union of the generat
 
 import json
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +36,13 @@ NUM_SAMPLES, NUM_REAL, BATCH_SIZE = 30, 60, 8
 METRICS = ("fid", "kid", "is", "pr")
 
 
+@dataclass(frozen=True)
+class DigitSampling(paradigm.SamplingSettings):
+    """``ignore_labels``: draw digits of random classes whatever label was asked for."""
+
+    ignore_labels: bool = False
+
+
 class RealDigits(LightningModule):
     """A class-conditional "generator" whose samples are real MNIST5k digits (1x28x28).
 
@@ -51,7 +59,6 @@ class RealDigits(LightningModule):
 
     modality = "image"
     ema_target = None  # EMA averages the whole module (its one parameter)
-    sampling_options = ("ignore_labels",)
     sampling_settings = paradigm.sampling_settings
 
     def __init__(self, num_classes: int = 10, ignore_labels: bool = False) -> None:
@@ -63,7 +70,8 @@ class RealDigits(LightningModule):
         self.bank, counts = x[order], torch.bincount(y, minlength=10)  # digits sorted by class
         self.counts, self.starts = counts, counts.cumsum(0) - counts  # (10,) each
         self.num_classes = num_classes
-        self.ignore_labels = ignore_labels
+        self.conditions = paradigm.conditions_of(num_classes)
+        self.sampling = DigitSampling(ignore_labels=ignore_labels)
         self.scale = nn.Parameter(torch.ones(()))  # something to train and to average
         self.drawn: list[tuple[Tensor, Tensor]] = []
 
@@ -73,9 +81,9 @@ class RealDigits(LightningModule):
         *,
         cond: Optional[Tensor] = None,
         generator: paradigm.Generators = None,
-        ignore_labels: Optional[bool] = None,
+        **options: Any,
     ) -> Tensor:
-        ignore = self.ignore_labels if ignore_labels is None else ignore_labels
+        ignore = self.sampling.replace(**options).ignore_labels
         if cond is not None and not ignore:
             classes = cond.cpu()
         else:

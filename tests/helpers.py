@@ -2,7 +2,7 @@
 
 from lightning.pytorch import Trainer
 
-from lit_genai.diffusion import Diffusion
+from lit_genai.diffusion import Diffusion, DiffusionSampling
 from lit_genai.nn import UNet
 
 # The trainer part of the tiny CLI overrides: a few steps, a tiny validation, CSV logs, no bars.
@@ -42,9 +42,8 @@ def tiny_conditional_diffusion(**kwargs) -> Diffusion:
         num_groups=4,
         num_classes=10,
     )
-    return Diffusion(
-        net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=2, **kwargs
-    )
+    kwargs.setdefault("sampling", DiffusionSampling(steps=2))
+    return Diffusion(net, sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, **kwargs)
 
 
 def run_cli(args: list[str]) -> int:

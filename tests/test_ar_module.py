@@ -15,7 +15,13 @@ import yaml
 from helpers import TINY_CLI_TRAINER, quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
-from lit_genai.ar.module import NextToken, decay_parameter_names, load_net_weights, nanogpt_lr
+from lit_genai.ar.module import (
+    NextToken,
+    NextTokenSampling,
+    decay_parameter_names,
+    load_net_weights,
+    nanogpt_lr,
+)
 from lit_genai.cli import main
 from lit_genai.data.text import CharText
 from lit_genai.errors import ConfigError
@@ -46,7 +52,11 @@ def tiny_model(data: CharText, **kwargs) -> NextToken:
         vocab_size=data.vocab_size,
         block_size=data.block_size,
         vocabulary=data.vocabulary,
-        **{"optimizer": functools.partial(torch.optim.AdamW, lr=3e-3), "max_new_tokens": 12, **kwargs},
+        **{
+            "optimizer": functools.partial(torch.optim.AdamW, lr=3e-3),
+            "sampling": NextTokenSampling(max_new_tokens=12),
+            **kwargs,
+        },
     )
 
 
@@ -185,7 +195,9 @@ def test_prompts_outside_the_vocabulary_and_without_one_are_one_line(text):
     with pytest.raises(ConfigError, match="outside the vocabulary: '€'") as error:
         model.sample(1, prompt="price: 5€")
     assert "\n" not in str(error.value)
-    bare = NextToken(tiny_gpt(7), vocab_size=7, block_size=BLOCK, max_new_tokens=3)
+    bare = NextToken(
+        tiny_gpt(7), vocab_size=7, block_size=BLOCK, sampling=NextTokenSampling(max_new_tokens=3)
+    )
     assert bare.sample(2, prompt="1 2, 3")[:, :3].tolist() == [[1, 2, 3]] * 2  # ids as text
     assert bare.sample(2, prompt=[4, 5]).shape == (2, 5)
     assert bare.sample(2)[:, 0].tolist() == [0, 0]  # no vocabulary: start token 0
@@ -220,6 +232,51 @@ def test_a_conditional_net_gets_the_labels_and_p_uncond_drops_them():
     assert seen[-1].tolist() == [3, 3]  # no cond: the null label
 
 
+def test_p_uncond_per_condition_name_drops_labels_and_an_unknown_name_is_one_line():
+    net = tiny_gpt(7, num_classes=3)
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    x = torch.randint(0, 7, (64, BLOCK))
+    labels = torch.arange(64) % 3
+    model = NextToken(net, vocab_size=7, block_size=BLOCK, num_classes=3, p_uncond={"label": 0.5})
+    torch.manual_seed(0)
+    model.training_step((x, torch.roll(x, -1, 1), labels), 0)
+    dropped = seen[-1] == 3  # the null label
+    assert 10 < int(dropped.sum()) < 54  # about half of the 64 rows
+    assert torch.equal(seen[-1][~dropped], labels[~dropped])
+    model = NextToken(net, vocab_size=7, block_size=BLOCK, num_classes=3, p_uncond={"label": 1.0})
+    model.training_step((x, torch.roll(x, -1, 1), labels), 0)
+    assert (seen[-1] == 3).all()  # as p_uncond=1.0
+    with pytest.raises(
+        ConfigError, match=r"model.p_uncond names text, which the model does not use \(it uses: label\)"
+    ) as error:
+        NextToken(net, vocab_size=7, block_size=BLOCK, num_classes=3, p_uncond={"text": 0.5})
+    assert "\n" not in str(error.value)
+
+
+def test_sampling_settings_are_one_dataclass_and_an_unknown_option_is_one_line():
+    model = NextToken(tiny_gpt(7), vocab_size=7, block_size=BLOCK, sampling=NextTokenSampling(top_k=3))
+    assert model.sampling_settings() == {
+        "max_new_tokens": 256,
+        "temperature": 1.0,
+        "top_k": 3,
+        "top_p": None,
+        "prompt": None,
+        "class_label": None,
+    }
+    assert (
+        model.sampling_settings(temperature=0.5)["temperature"] == 0.5 and model.sampling.temperature == 1.0
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"option\(s\) max_tokens for NextTokenSampling; the options are: max_new_tokens, temperature",
+    ) as error:
+        model.sample(1, max_tokens=3)
+    assert "\n" not in str(error.value)
+    model.sampling = model.sampling.replace(max_new_tokens=4)
+    assert model.sample(2).shape == (2, 1 + 4)
+
+
 # ---------------------------------------------------------------------- checkpoints
 
 
@@ -230,10 +287,11 @@ def test_the_vocabulary_travels_with_the_checkpoint(text, tmp_path):
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # plain values only
     assert checkpoint["hyper_parameters"]["vocabulary"] == text.vocabulary
-    assert "prompt" not in checkpoint["hyper_parameters"]  # sampling options stay out
+    assert "sampling" not in checkpoint["hyper_parameters"]  # sampling settings stay out
     loaded = NextToken.load_from_checkpoint(path, net=tiny_gpt(text.vocab_size))  # no data needed
     generator = torch.Generator().manual_seed(3)
-    ids = loaded.sample(2, prompt="The ", generator=generator, max_new_tokens=12)  # options: not saved
+    assert loaded.sampling == NextTokenSampling()  # not saved: the defaults
+    ids = loaded.sample(2, prompt="The ", generator=generator, max_new_tokens=12)
     assert all(s.startswith("The ") and len(s) == 4 + 12 for s in loaded.decode(ids))
     same = model.sample(2, prompt="The ", generator=torch.Generator().manual_seed(3))
     assert torch.equal(ids, same)  # the same weights and vocabulary
@@ -330,7 +388,7 @@ def tiny_demo(tmp_path):
         "model": {
             "init_args": {
                 "net": {"init_args": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}},
-                "max_new_tokens": 10,
+                "sampling": {"max_new_tokens": 10},
             }
         },
         "data": {"init_args": {"block_size": 16, "batch_size": 4, "predict_samples": 3}},
@@ -354,7 +412,7 @@ def _run(args):
 def test_predict_writes_text_files_starting_with_the_prompt(tiny_demo, tmp_path):
     assert _run(["fit", *tiny_demo]) == 0
     assert list((tmp_path / "run" / "samples").glob("*.txt"))  # the SampleLogger's listing
-    assert _run(["predict", *tiny_demo, "--ckpt_path", "last", "--model.prompt", "The "]) == 0
+    assert _run(["predict", *tiny_demo, "--ckpt_path", "last", "--model.sampling.prompt", "The "]) == 0
     out = tmp_path / "run" / "predictions"
     assert sorted(p.name for p in out.glob("sample_*.txt")) == [f"sample_{i:05d}.txt" for i in range(3)]
     texts = [(out / f"sample_{i:05d}.txt").read_text() for i in range(3)]
@@ -391,7 +449,7 @@ def test_class_label_picks_a_class_by_name_or_index_for_every_sample():
     assert seen[-1].tolist() == [2, 2]
     model.sample(2, cond=torch.tensor([0, 1]), max_new_tokens=1, class_label="1")  # overrides cond
     assert seen[-1].tolist() == [1, 1]
-    model.class_label = "if"  # the module's setting (--model.class_label if), used by predict
+    model.sampling = model.sampling.replace(class_label="if")  # --model.sampling.class_label if: predict's
     model.predict_step(torch.arange(3))
     assert seen[-1].tolist() == [1, 1, 1]
     with pytest.raises(ConfigError, match=r"class_label='while' is not one of the model's classes \(for, if"):
@@ -403,7 +461,7 @@ def test_class_label_picks_a_class_by_name_or_index_for_every_sample():
 
 def test_help_topics_as_labels_link_through_the_command_line(tmp_path):
     """``labels: true`` on pydoc_topics gives one class per topic, linked with its name into the
-    model, and ``predict --model.class_label <topic>`` conditions every sample on that topic."""
+    model, and ``predict --model.sampling.class_label <topic>`` conditions every sample on that topic."""
     topics = len(CharText(name="pydoc_topics", labels=True, block_size=16).class_names)  # per Python version
     tiny = {
         "model": {
@@ -417,7 +475,7 @@ def test_help_topics_as_labels_link_through_the_command_line(tmp_path):
                         "num_classes": topics,
                     }
                 },
-                "max_new_tokens": 5,
+                "sampling": {"max_new_tokens": 5},
             }
         },
         "data": {"init_args": {"block_size": 16, "batch_size": 4, "predict_samples": 2, "labels": True}},
@@ -431,8 +489,8 @@ def test_help_topics_as_labels_link_through_the_command_line(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     names = ckpt["hyper_parameters"]["class_names"]
     assert len(names) == ckpt["hyper_parameters"]["num_classes"] == topics > 50 and "for" in names
-    assert "class_label" not in ckpt["hyper_parameters"]  # a sampling option, set at predict time
-    assert _run(["predict", *args, "--ckpt_path", "last", "--model.class_label", "for"]) == 0
+    assert "sampling" not in ckpt["hyper_parameters"]  # class_label: a sampling setting, set at predict time
+    assert _run(["predict", *args, "--ckpt_path", "last", "--model.sampling.class_label", "for"]) == 0
     assert len(list((tmp_path / "run" / "predictions").glob("sample_*.txt"))) == 2
 
 

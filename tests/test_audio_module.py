@@ -11,8 +11,10 @@ import yaml
 from helpers import TINY_CLI_TRAINER, quiet_trainer, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_genai.ar.module import NextToken
+from lit_genai import paradigm
+from lit_genai.ar.module import NextToken, NextTokenSampling
 from lit_genai.data.audio import ProceduralNotes, mu_law_encode
+from lit_genai.errors import ConfigError
 from lit_genai.nn.wavenet import WaveNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def tiny_notes(tmp_path):
                         "block_size": 64,
                     }
                 },
-                "max_new_tokens": NEW,
+                "sampling": {"max_new_tokens": NEW},
             }
         },
         "data": {
@@ -87,6 +89,40 @@ def test_a_short_cpu_run_on_the_notes_lowers_the_loss(tmp_path):
     after = trainer.validate(model, data, verbose=False)[0]["val/loss"]
     assert before == pytest.approx(5.545, abs=0.3)  # about ln 256 at the start
     assert after < before - 0.5
+
+
+def test_a_vocoder_samples_from_the_mel_frames_given_as_its_mels_condition():
+    torch.manual_seed(0)
+    net = WaveNet(
+        residual_channels=8,
+        gate_channels=8,
+        skip_channels=8,
+        layers_per_stack=3,
+        stacks=1,
+        local_channels=4,
+        hop_length=4,
+        block_size=64,
+    )
+    model = NextToken(
+        net,
+        vocab_size=256,
+        block_size=64,
+        modality="audio",
+        sampling=NextTokenSampling(max_new_tokens=11, prompt="128"),
+    )
+    assert model.conditions == ("mels",) and model.num_classes == 0
+    mels = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(1))  # 3 frames x hop 4 = 12 samples
+    seeds = lambda rows: paradigm.sample_generators(0, rows)  # noqa: E731
+    waves = model.sample(3, cond={"mels": mels}, generator=seeds(range(3)))
+    assert waves.shape == (3, 1 + 11) and (waves[:, 0] == 128).all()
+    assert torch.equal(waves, model.sample(3, cond={"mels": mels}, generator=seeds(range(3))))
+    # row i depends on its own frames and generator only, and the frames steer it
+    assert torch.equal(waves[1:2], model.sample(1, cond={"mels": mels[1:2]}, generator=seeds([1])))
+    louder = model.sample(3, cond={"mels": 10 * mels}, generator=seeds(range(3)))
+    assert not torch.equal(louder, waves)
+    for cond in ({"label": torch.zeros(1).long()}, torch.zeros(1).long()):  # a bare tensor is a label
+        with pytest.raises(ConfigError, match=r"unknown condition\(s\) label; this model takes: mels"):
+            model.sample(1, cond=cond)
 
 
 def test_predict_writes_wavs_at_the_datas_rate_starting_with_the_prompt(tiny_notes, tmp_path):
@@ -156,7 +192,7 @@ def test_the_pitch_benchmark_reads_the_runs_rate_and_scores_the_data_as_notes(ti
     argv = ["wavenet_notes_pitch.py", str(checkpoint), "--samples", "1", "--threads", "1", "--out", str(out)]
     with mock.patch.object(sys, "argv", argv):
         bench.main()
-    temperature = yaml.safe_load(Path(NOTES).read_text())["model"]["init_args"]["temperature"]  # the run's
+    temperature = yaml.safe_load(Path(NOTES).read_text())["model"]["init_args"]["sampling"]["temperature"]
     printed = capsys.readouterr().out
     assert printed.count(f"T={temperature} ") == 4  # a line per instrument
     assert len(list(out.glob(f"T{temperature}_*.wav"))) == 4

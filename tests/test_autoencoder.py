@@ -5,6 +5,8 @@ import warnings
 import pytest
 import torch
 from helpers import quiet_trainer
+from lightning.pytorch import LightningModule
+from torch import nn
 
 from lit_genai.data import Digits, MNIST5k
 from lit_genai.errors import ConfigError
@@ -147,6 +149,27 @@ def test_vqvae_python_checkpoint_reloads_with_weights_only(tmp_path):
     assert torch.equal(loaded.encode(x), model.encode(x))
     assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
     assert loaded.quantizer.ema is False and loaded.token_shape == (2, 2)
+
+
+class LinearModule(LightningModule):
+    """A module with one network, rebuilt by ``load_pretrained`` like an autoencoder's, but no
+    ``encode`` / ``decode``: it does not keep the Autoencoder protocol."""
+
+    network_args = ("net",)
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+
+def test_load_pretrained_refuses_a_module_that_does_not_keep_the_autoencoder_protocol(tmp_path):
+    net = {"class_path": "torch.nn.Linear", "init_args": {"in_features": 2, "out_features": 2}}
+    state = LinearModule(nn.Linear(2, 2)).state_dict()
+    torch.save({"state_dict": state, "hyper_parameters": {"net": net}}, tmp_path / "linear.ckpt")
+    with pytest.raises(
+        ConfigError, match=r"^first_stage=.*linear.ckpt: a LinearModule does not keep the Autoencoder"
+    ):
+        load_pretrained(str(tmp_path / "linear.ckpt"), LinearModule, "first_stage")
 
 
 # ---------------------------------------------------------------------- KL autoencoder

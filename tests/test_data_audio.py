@@ -14,7 +14,6 @@ from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from lit_genai.ar.module import NextToken
-from lit_genai.media import Waveforms
 from lit_genai.data.audio import (
     INSTRUMENTS,
     LJSPEECH_URL,
@@ -35,6 +34,7 @@ from lit_genai.data.audio import (
     trim_silence,
 )
 from lit_genai.errors import ConfigError, DataNotFoundError
+from lit_genai.media import Waveforms
 from lit_genai.nn.transformer import GPT
 
 MU = 255

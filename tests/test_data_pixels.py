@@ -15,9 +15,9 @@ from lit_genai.ar.module import NextToken
 from lit_genai.cli import LitGenAICLI
 from lit_genai.data.binarize import binarize
 from lit_genai.data.images import Digits, ImageDataModule, MNIST5k
-from lit_genai.media import to_uint8
 from lit_genai.data.pixels import ImagePixels, PixelTokens
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
 from lit_genai.nn.pixelcnn import GatedPixelCNN
 
 

@@ -19,10 +19,10 @@ from lightning.pytorch.callbacks import Callback
 from toys import TokenToyModel
 
 import lit_genai.data.text as text_module
-from lit_genai.callbacks.media import write_text
 from lit_genai.cli import LitGenAICLI
 from lit_genai.data.text import CharText, pydoc_topics_text
 from lit_genai.errors import ConfigError, DataNotFoundError
+from lit_genai.media import write_text
 
 ALPHABET = "abcdefghijklmnopqrst"
 

@@ -10,12 +10,12 @@ import yaml
 from helpers import TINY_CLI_TRAINER, quiet_trainer
 from test_autoencoder import tiny_vqvae
 
-from lit_genai.callbacks import media
+from lit_genai import media
 from lit_genai.cli import LitGenAICLI, main
 from lit_genai.data import Digits, MNIST5k
-from lit_genai.media import to_uint8
 from lit_genai.data.tokens import ImageTokens
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
 from lit_genai.vae.vqvae import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,11 @@ from helpers import quiet_trainer
 from torch import nn
 
 from lit_genai.data import MNIST5k
-from lit_genai.diffusion.edm import (
-    EDM,
+from lit_genai.diffusion.edm import EDM, EDMSampling
+from lit_genai.diffusion.preconditioning import (
+    edm_add_noise,
     edm_denoise,
+    edm_denoiser,
     edm_loss,
     edm_loss_weight,
     edm_net_time,
@@ -61,6 +63,45 @@ def test_denoiser_tends_to_the_identity_as_sigma_goes_to_zero():
     torch.testing.assert_close(D[0], x[0], atol=1e-5, rtol=0)
     c_skip, c_out, _, _ = edm_preconditioning(10.0, SD)
     torch.testing.assert_close(D[2], c_skip * x[2] + c_out * F[2])
+
+
+def test_preconditioning_identities_and_limits():
+    sigma = torch.tensor([1e-8, 0.01, 0.5, 3.0, 1e8], dtype=torch.float64)
+    c_skip, c_out, c_in, _ = edm_preconditioning(sigma, SD)
+    # c_skip + c_out^2 / sd^2 = (sd^2 + sigma^2) / (sigma^2 + sd^2)
+    torch.testing.assert_close(c_skip + c_out**2 / SD**2, torch.ones_like(sigma))
+    torch.testing.assert_close(c_out, sigma * SD * c_in)
+    torch.testing.assert_close(edm_loss_weight(sigma, SD), 1 / c_out**2)
+    # sigma -> 0: D = x (c_skip -> 1, c_out -> 0); sigma -> inf: D = sd F (c_skip -> 0, c_out -> sd)
+    assert float(c_skip[0]) == pytest.approx(1.0) and float(c_out[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(c_skip[-1]) == pytest.approx(0.0, abs=1e-15) and float(c_out[-1]) == pytest.approx(SD)
+
+
+def test_noising_broadcasts_a_float_or_per_example_sigma():
+    x0, n = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(edm_add_noise(x0, 0.7, n), x0 + 0.7 * n)
+    sigma = torch.tensor([0.0, 1.0, 2.0])  # float32: cast to x0's dtype
+    x = edm_add_noise(x0, sigma, n)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x, x0 + sigma.double().view(3, 1, 1, 1) * n)
+
+
+def test_denoiser_feeds_the_network_c_in_x_and_the_net_time_and_mixes_its_output():
+    seen = []
+
+    def model_fn(x_in, t):  # a stand-in F that records its inputs
+        seen.append((x_in, t))
+        return torch.full_like(x_in, 0.25, dtype=torch.float32)
+
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    D = edm_denoiser(model_fn, SD)(x, torch.tensor(2.0))  # a 0-dim tensor sigma is read as a float
+    c_skip, c_out, c_in, _ = edm_preconditioning(2.0, SD)
+    ((x_in, t),) = seen
+    torch.testing.assert_close(x_in, c_in * x)
+    assert t.shape == (3,) and torch.allclose(t, torch.full((3,), edm_net_time(2.0)))
+    assert D.dtype == torch.float64
+    torch.testing.assert_close(D, c_skip * x + c_out * 0.25)
+    torch.testing.assert_close(edm_denoiser(model_fn, SD)(x, 1e-9), x)  # D(x; sigma -> 0) = x
 
 
 @pytest.mark.parametrize("sigma", [0.01, 0.3, 1.0, 5.0, 50.0])
@@ -149,7 +190,7 @@ class GaussianF(nn.Module):
 
 @pytest.mark.parametrize(("sampler", "steps"), [("euler", 128), ("heun", 32), ("dpm_solver++", 32)])
 def test_sampling_a_gaussian_toy_gives_its_mean_and_std(sampler, steps):
-    module = EDM(GaussianF(), sample_shape=(1, 16, 16), sampler=sampler, sampling_steps=steps)
+    module = EDM(GaussianF(), sample_shape=(1, 16, 16), sampling=EDMSampling(sampler=sampler, steps=steps))
     samples = module.sample(16, generator=torch.Generator().manual_seed(0))  # 4096 values
     assert samples.shape == (16, 1, 16, 16)
     assert float(samples.mean()) == pytest.approx(MU, abs=0.01)
@@ -159,8 +200,10 @@ def test_sampling_a_gaussian_toy_gives_its_mean_and_std(sampler, steps):
 
 
 def test_sample_follows_the_solver_on_the_karras_grid_with_churn():
-    module = EDM(GaussianF(), sample_shape=(1, 4, 4), sampling_steps=6, s_churn=5.0, s_noise=1.01)
-    module.sigma_min, module.sigma_max, module.rho = 0.01, 20.0, 5.0
+    module = EDM(
+        GaussianF(), sample_shape=(1, 4, 4), sampling=EDMSampling(steps=6, s_churn=5.0, s_noise=1.01)
+    )
+    module.sampling = module.sampling.replace(sigma_min=0.01, sigma_max=20.0, rho=5.0)
     x = module.sample(3, generator=torch.Generator().manual_seed(2))
     expected = heun_sample(
         module.denoiser(),
@@ -176,7 +219,7 @@ def test_sample_follows_the_solver_on_the_karras_grid_with_churn():
 
 def test_guidance_zero_is_the_conditional_model_and_w_follows_eq_6():
     net = GaussianF(mean_of_label=lambda y: y.float() / 20)
-    module = EDM(net, sample_shape=(1, 4, 4), num_classes=10, sampling_steps=4)
+    module = EDM(net, sample_shape=(1, 4, 4), num_classes=10, sampling=EDMSampling(steps=4))
     y = torch.tensor([2, 7, 9])
     x, t = torch.randn(3, 1, 4, 4), torch.full((3,), 400.0)
     torch.testing.assert_close(module._model_fn(y, 0.0)(x, t), net(x, t, y))
@@ -198,7 +241,7 @@ def test_guidance_zero_is_the_conditional_model_and_w_follows_eq_6():
 
 
 def test_unknown_sampler_and_bad_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match="set model.sampler to euler, heun, dpm_solver\\+\\+"):
+    with pytest.raises(ConfigError, match="set model.sampling.sampler to euler, heun, dpm_solver\\+\\+"):
         EDM(GaussianF(), sample_shape=(1, 4, 4)).sample(1, sampler="ddim")
     with pytest.raises(ConfigError, match="model.sigma_data=0 must be positive"):
         EDM(GaussianF(), sample_shape=(1, 4, 4), sigma_data=0)
@@ -230,7 +273,7 @@ def test_label_dropout_feeds_the_null_label():
 
 
 def test_checkpoint_round_trip_restores_weights_and_samples(tmp_path):
-    module = _edm(num_classes=10, sampling_steps=3, warmup_steps=5, sigma_data=0.6)
+    module = _edm(num_classes=10, sampling=EDMSampling(steps=3), warmup_steps=5, sigma_data=0.6)
     trainer = quiet_trainer(tmp_path, max_steps=2, limit_train_batches=2, limit_val_batches=0)
     trainer.fit(module, datamodule=MNIST5k(batch_size=8))
     path = tmp_path / "edm.ckpt"
@@ -238,14 +281,14 @@ def test_checkpoint_round_trip_restores_weights_and_samples(tmp_path):
     checkpoint = torch.load(path, weights_only=True)  # plain values only
     hparams = checkpoint["hyper_parameters"]
     assert hparams["sigma_data"] == 0.6 and hparams["p_mean"] == -1.2 and hparams["autoencoder"] is None
-    assert not {"net", "optimizer", "sampler", "sampling_steps", "s_churn", "guidance_scale"} & set(hparams)
+    assert not {"net", "optimizer", "sampling"} & set(hparams)  # the sampling settings: from the command line
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 2  # the warm-up is saved
 
     net = UNet(in_channels=1, num_classes=10, dropout=0.0, **TINY)
-    loaded = EDM.load_from_checkpoint(path, net=net, weights_only=True, sampling_steps=3)
+    loaded = EDM.load_from_checkpoint(path, net=net, weights_only=True, sampling=EDMSampling(steps=3))
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-    assert loaded.hparams.sigma_data == 0.6
+    assert loaded.hparams.sigma_data == 0.6 and loaded.sampling == EDMSampling(steps=3)
     cond = torch.tensor([1, 5])
     a = module.sample(2, cond=cond, generator=torch.Generator().manual_seed(4))
     b = loaded.sample(2, cond=cond, generator=torch.Generator().manual_seed(4))

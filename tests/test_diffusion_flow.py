@@ -11,8 +11,8 @@ from torch import nn
 
 from lit_genai import paradigm
 from lit_genai.data import MNIST5k
-from lit_genai.diffusion.flow import (
-    FlowMatching,
+from lit_genai.diffusion.flow import FlowMatching, FlowSampling
+from lit_genai.diffusion.flow_matching import (
     flow_denoiser,
     flow_euler_sample,
     flow_heun_sample,
@@ -22,6 +22,7 @@ from lit_genai.diffusion.flow import (
     flow_target,
     flow_time_grid,
     flow_times,
+    flow_velocity,
 )
 from lit_genai.diffusion.solvers import euler_sample
 from lit_genai.errors import ConfigError
@@ -108,7 +109,44 @@ def test_time_grid_is_uniform_or_shifted_from_noise_to_data():
         flow_time_grid(0)
 
 
-# ---------------------------------------------------------------------- samplers on the toy
+def test_flow_velocity_feeds_the_network_1000_t():
+    seen = []
+
+    def model_fn(x, t_net):
+        seen.append(t_net)
+        return 2 * x
+
+    x = torch.randn(3, 1, 2, 2)
+    torch.testing.assert_close(flow_velocity(model_fn)(x, torch.tensor(0.25)), 2 * x)
+    assert seen[0].shape == (3,) and seen[0].tolist() == [250.0] * 3
+
+
+# ---------------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_ode_steps_on_a_linear_ode_are_the_euler_and_heun_polynomials(shift):
+    # dx/dt = a x: an Euler step multiplies x by 1 + a h, a Heun step by 1 + a h + (a h)^2 / 2
+    a = -0.8
+    times = flow_time_grid(5, shift)
+    z = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    h = times[1:] - times[:-1]  # (N,) negative steps
+    euler = flow_euler_sample(lambda x, t: a * x, z.shape, times, noise=z)
+    heun = flow_heun_sample(lambda x, t: a * x, z.shape, times, noise=z)
+    torch.testing.assert_close(euler, z * torch.prod(1 + a * h))
+    torch.testing.assert_close(heun, z * torch.prod(1 + a * h + (a * h) ** 2 / 2))
+    exact = z * math.exp(-a)  # x(0) = x(1) e^(a (0 - 1))
+    assert (heun - exact).abs().max() < (euler - exact).abs().max()
+
+
+def test_euler_stays_on_the_straight_path_of_a_point_mass():
+    # data = x0*: v(x, t) = (x - x0*) / t exactly, and an Euler step lands on the same straight line,
+    # so any grid returns x0* (the velocity is never evaluated at t = 0)
+    x0 = torch.tensor(0.3, dtype=torch.float64)
+    z = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    for times in (flow_time_grid(1), flow_time_grid(3, 2.0), [0.9, 0.4, 0.0]):
+        out = flow_euler_sample(lambda x, t: (x - x0) / t, z.shape, times, noise=z)
+        torch.testing.assert_close(out, torch.full_like(z, 0.3))
 
 
 @pytest.mark.parametrize(("sampler", "order"), [(flow_euler_sample, 1.0), (flow_heun_sample, 2.0)])
@@ -177,7 +215,9 @@ class GaussianV(nn.Module):
 
 @pytest.mark.parametrize(("sampler", "steps"), [("euler", 128), ("heun", 16), ("dpm_solver++", 32)])
 def test_module_samples_the_toy(sampler, steps):
-    module = FlowMatching(GaussianV(), sample_shape=(1, 16, 16), sampler=sampler, sampling_steps=steps)
+    module = FlowMatching(
+        GaussianV(), sample_shape=(1, 16, 16), sampling=FlowSampling(sampler=sampler, steps=steps)
+    )
     samples = module.sample(16, generator=torch.Generator().manual_seed(0))  # 4096 values
     assert samples.shape == (16, 1, 16, 16)
     z = paradigm.randn((16, 1, 16, 16), torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -190,9 +230,13 @@ def test_module_samples_the_toy(sampler, steps):
 
 
 def test_shifted_time_grid_samples_the_same_distribution():
-    module = FlowMatching(GaussianV(), sample_shape=(1, 16, 16), sampler="heun", sampling_steps=16)
+    module = FlowMatching(
+        GaussianV(), sample_shape=(1, 16, 16), sampling=FlowSampling(sampler="heun", steps=16)
+    )
     plain = module.sample(16, generator=torch.Generator().manual_seed(0))
-    module.time_shift = 3.0  # SD3's shifted grid: other points, the same distribution
+    module.sampling = module.sampling.replace(
+        time_shift=3.0
+    )  # SD3's shifted grid: other points, the same distribution
     shifted = module.sample(16, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(shifted, plain)
     torch.testing.assert_close(shifted, plain, atol=0.02, rtol=0)
@@ -200,7 +244,7 @@ def test_shifted_time_grid_samples_the_same_distribution():
 
 def test_guidance_zero_is_the_conditional_model_and_w_follows_eq_6():
     net = GaussianV(num_classes=10)
-    module = FlowMatching(net, sample_shape=(1, 4, 4), num_classes=10, sampling_steps=5)
+    module = FlowMatching(net, sample_shape=(1, 4, 4), num_classes=10, sampling=FlowSampling(steps=5))
     y = torch.tensor([2, 7, 9])
     x, t = torch.randn(3, 1, 4, 4), torch.full((3,), 300.0)
     torch.testing.assert_close(module._model_fn(y, 0.0)(x, t), net(x, t, y))
@@ -225,7 +269,7 @@ def test_label_dropout_and_bad_settings():
         (torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 2, 3])), 0
     )
     assert torch.equal(net.seen[-1], torch.full((4,), 10))
-    with pytest.raises(ConfigError, match="set model.sampler to euler, heun, dpm_solver"):
+    with pytest.raises(ConfigError, match="set model.sampling.sampler to euler, heun, dpm_solver"):
         FlowMatching(GaussianV(), sample_shape=(1, 4, 4)).sample(1, sampler="ddim")
     with pytest.raises(ConfigError, match="model.logit_std=0 must be positive"):
         FlowMatching(GaussianV(), sample_shape=(1, 4, 4), logit_std=0)
@@ -245,18 +289,21 @@ def test_training_on_bundled_mnist_lowers_the_loss(tmp_path):
 
 
 def test_checkpoint_round_trip_restores_weights_and_samples(tmp_path):
-    module = _flow(num_classes=10, sampling_steps=3, time_sampling="logit_normal", logit_mean=0.3)
+    module = _flow(
+        num_classes=10, sampling=FlowSampling(steps=3), time_sampling="logit_normal", logit_mean=0.3
+    )
     trainer = quiet_trainer(tmp_path, max_steps=2, limit_train_batches=2, limit_val_batches=0)
     trainer.fit(module, datamodule=MNIST5k(batch_size=8))
     path = tmp_path / "flow.ckpt"
     trainer.save_checkpoint(path)
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]
     assert hparams["time_sampling"] == "logit_normal" and hparams["logit_mean"] == 0.3
-    assert not {"net", "optimizer", "sampler", "sampling_steps", "time_shift", "guidance_scale"} & set(
-        hparams
-    )
+    assert not {"net", "optimizer", "sampling"} & set(hparams)  # the sampling settings: from the command line
     net = UNet(in_channels=1, num_classes=10, dropout=0.0, **TINY)
-    loaded = FlowMatching.load_from_checkpoint(path, net=net, weights_only=True, sampling_steps=3)
+    loaded = FlowMatching.load_from_checkpoint(
+        path, net=net, weights_only=True, sampling=FlowSampling(steps=3)
+    )
+    assert loaded.sampling == FlowSampling(steps=3)
     for name, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     cond = torch.tensor([3, 8])
@@ -273,7 +320,9 @@ def test_latent_flow_models_latents_and_samples_images(ae_checkpoint, tmp_path):
     net = UNet(
         in_channels=2, base_channels=8, channel_mult=(1,), attention_levels=(), num_groups=4, dropout=0.0
     )
-    module = FlowMatching(net, sample_shape=(1, 28, 28), autoencoder=str(ae_checkpoint), sampling_steps=3)
+    module = FlowMatching(
+        net, sample_shape=(1, 28, 28), autoencoder=str(ae_checkpoint), sampling=FlowSampling(steps=3)
+    )
     assert module.net_shape == (2, 7, 7)
     trainer = quiet_trainer(tmp_path, max_steps=2, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=MNIST5k(batch_size=8))

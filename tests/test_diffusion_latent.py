@@ -11,7 +11,7 @@ from test_autoencoder import tiny_kl, tiny_vqvae
 from torch import nn
 
 from lit_genai.data import MNIST5k
-from lit_genai.diffusion import Diffusion
+from lit_genai.diffusion import Diffusion, DiffusionSampling
 from lit_genai.diffusion.latent import FirstStage, latent_std
 from lit_genai.diffusion.sampling import ddim_sample
 from lit_genai.errors import ConfigError
@@ -193,7 +193,7 @@ def test_latent_std_is_the_std_of_all_latent_values_of_the_first_batches(ae_chec
 
 def tiny_latent_diffusion(autoencoder: Path, **kwargs) -> Diffusion:
     """A class-conditional Diffusion on the 2x7x7 latents of the tiny autoencoder: one-level UNet
-    (7 is odd: no downsampling), v-prediction on the cosine schedule, 50 steps."""
+    (7 is odd: no downsampling), v-prediction on the cosine schedule, 50 steps; 3 DDIM steps to sample."""
     net = UNet(
         in_channels=2,
         base_channels=8,
@@ -204,7 +204,8 @@ def tiny_latent_diffusion(autoencoder: Path, **kwargs) -> Diffusion:
         num_groups=4,
         num_classes=10,
     )
-    options = dict(sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50, sampling_steps=3)
+    options = dict(sample_shape=(1, 28, 28), num_classes=10, num_timesteps=50)
+    options["sampling"] = DiffusionSampling(steps=3)
     options.update(prediction="v", beta_schedule="cosine", autoencoder=str(autoencoder))
     options["optimizer"] = lambda params: torch.optim.Adam(params, lr=3e-3)
     return Diffusion(net, **{**options, **kwargs})
@@ -247,7 +248,7 @@ def test_latent_diffusion_trains_its_net_only(ae_checkpoint, tmp_path):
 
 
 def test_latent_samples_are_decoded_latents_of_the_sampler(ae_checkpoint):
-    model = tiny_latent_diffusion(ae_checkpoint, guidance_scale=1.0)
+    model = tiny_latent_diffusion(ae_checkpoint, sampling=DiffusionSampling(steps=3, guidance_scale=1.0))
     cond = torch.arange(4)
     x = model.sample(4, cond=cond, generator=torch.Generator().manual_seed(3))
     assert x.shape == (4, 1, 28, 28) and -1 <= x.min() and x.max() <= 1

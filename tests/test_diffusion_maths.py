@@ -14,6 +14,7 @@ from lit_genai.diffusion.losses import (
 from lit_genai.diffusion.sampling import ddim_sample, ddim_timesteps, ddpm_sample
 from lit_genai.diffusion.schedules import (
     cosine_betas,
+    expand,
     extract,
     linear_betas,
     make_betas,
@@ -134,6 +135,17 @@ def test_extract_shapes_for_broadcasting():
     out = extract(a, t, 4)
     assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float64
     assert out.flatten().tolist() == [0.0, 3.0, 9.0]
+
+
+def test_expand_shapes_per_example_values_and_leaves_scalars():
+    x = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    out = expand(torch.tensor([1.0, 2.0, 3.0]), x)
+    assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float64
+    assert (out * x + out).flatten(1)[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert expand(0.5, x) == 0.5
+    scalar = torch.tensor(0.5)
+    assert expand(scalar, x) is scalar
+    assert expand(torch.ones(5), torch.zeros(5)).shape == (5,)  # x (B,): nothing to add
 
 
 def test_q_sample_has_the_forward_process_moments():

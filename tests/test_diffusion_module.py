@@ -8,7 +8,7 @@ from torch import nn
 
 from lit_genai.callbacks.samples import SampleWriter
 from lit_genai.data import MNIST5k
-from lit_genai.diffusion import Diffusion
+from lit_genai.diffusion import EDM, Diffusion, DiffusionSampling, EDMSampling, FlowMatching, FlowSampling
 from lit_genai.errors import ConfigError
 from lit_genai.nn import UNet
 
@@ -48,7 +48,7 @@ def test_validation_loss_is_deterministic(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sample_is_deterministic_in_range_and_restores_train_mode(sampler):
-    module = _module(sampler=sampler, sampling_steps=5)
+    module = _module(sampling=DiffusionSampling(sampler=sampler, steps=5))
     for p in module.net.conv_out.parameters():  # make the zero-initialised output layer non-trivial
         nn.init.normal_(p, std=0.1)
     module.train()
@@ -124,8 +124,15 @@ def test_warmup_schedule_and_safe_checkpoint(tmp_path):
     assert "net" not in checkpoint["hyper_parameters"]
     default = Diffusion(UNet(in_channels=1, **TINY), sample_shape=(1, 28, 28))  # the default optimiser class
     assert "optimizer" not in default.hparams and "net" not in default.hparams
+    loaded = Diffusion.load_from_checkpoint(
+        path, net=UNet(in_channels=1, **TINY), weights_only=True, sampling=DiffusionSampling(steps=3)
+    )
+    assert loaded.sampling == DiffusionSampling(steps=3)  # the settings given when loading
 
-    assert "sampler" not in checkpoint["hyper_parameters"]  # inference choices come from the command line
+    # inference and evaluation choices come from the command line
+    assert not {"sampling", "sampler", "bpd_timesteps", "test_bpd_timesteps"} & set(
+        checkpoint["hyper_parameters"]
+    )
 
 
 def test_validation_reports_bits_per_dim_when_asked(tmp_path):
@@ -163,6 +170,121 @@ def test_predict_sample_depends_on_seed_and_index_only(tmp_path):
     assert sorted(written[1]) == sorted(written[16]) == [f"sample_{i:05d}.png" for i in range(5)]
     assert written[1]["sample_00003.png"] == written[16]["sample_00003.png"]
     assert written[1]["sample_00003.png"] != written[1]["sample_00004.png"]
+
+
+# ---------------------------------------------------------------------- sampling settings
+
+SMALL = dict(
+    base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), dropout=0.0, num_groups=4
+)
+MODULE_OF = {DiffusionSampling: Diffusion, EDMSampling: EDM, FlowSampling: FlowMatching}
+
+# Each sampler of each module, with settings away from the defaults, so that every field is in use.
+SETTINGS = [
+    DiffusionSampling(sampler="ddpm", variance="beta_tilde", guidance_scale=1.5),
+    DiffusionSampling(
+        sampler="ddim", steps=4, eta=0.5, skip="quadratic", guidance_scale=1.5, clip_denoised=False
+    ),
+    DiffusionSampling(sampler="euler", steps=4, sigma_max=None),
+    DiffusionSampling(sampler="heun", steps=3, sigma_max=5.0, guidance_scale=1.5),
+    DiffusionSampling(sampler="dpm_solver++", steps=4, guidance_scale=1.5, clip_denoised=False),
+    EDMSampling(
+        sampler="heun",
+        steps=3,
+        sigma_min=0.01,
+        sigma_max=20.0,
+        rho=5.0,
+        s_churn=5.0,
+        s_tmin=0.05,
+        s_tmax=10.0,
+        s_noise=1.01,
+        guidance_scale=1.5,
+    ),
+    EDMSampling(sampler="euler", steps=4),
+    EDMSampling(sampler="dpm_solver++", steps=4, guidance_scale=1.5),
+    FlowSampling(sampler="euler", steps=4, time_shift=3.0, guidance_scale=1.5),
+    FlowSampling(sampler="heun", steps=3),
+    FlowSampling(sampler="dpm_solver++", steps=4, guidance_scale=1.5),
+]
+# Two other values of each field (the first that differs from the current one is used).
+OTHER_VALUES = {
+    "sampler": ("euler", "heun"),
+    "steps": (2, 3),
+    "eta": (1.0, 0.0),
+    "skip": ("uniform", "quadratic"),
+    "variance": ("beta", "beta_tilde"),
+    "guidance_scale": (0.5, 1.0),
+    "clip_denoised": (True, False),
+    "sigma_min": (0.05, 0.1),
+    "sigma_max": (3.0, 4.0),
+    "rho": (3.0, 4.0),
+    "s_churn": (2.0, 3.0),
+    "s_tmin": (0.1, 0.2),
+    "s_tmax": (5.0, 6.0),
+    "s_noise": (1.05, 1.1),
+    "time_shift": (2.0, 3.0),
+}
+
+
+def _built_with(settings):
+    """A class-conditional module of 1x8x8 images with ``settings``; the same weights at every call."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, num_classes=10, **SMALL)
+    for p in net.parameters():  # the zero-initialised layers (output, residual branches): non-trivial
+        if p.dim() > 1 and not p.any():
+            nn.init.normal_(p, std=0.1)
+    kind = MODULE_OF[type(settings)]
+    extra = dict(num_timesteps=12, beta_schedule="cosine") if kind is Diffusion else {}
+    return kind(net, sample_shape=(1, 8, 8), num_classes=10, sampling=settings, **extra)
+
+
+def _draw(module, **options):
+    cond = {"label": torch.tensor([3, 7])}
+    return module.sample(2, cond=cond, generator=torch.Generator().manual_seed(0), **options)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"{type(s).__name__}-{s.sampler}")
+def test_each_setting_passed_at_its_current_value_changes_no_sample(settings):
+    module = _built_with(settings)
+    assert module.sampling == settings and module.sampling_settings() == settings.as_dict()
+    reference = _draw(module)
+    assert reference.shape == (2, 1, 8, 8) and torch.isfinite(reference).all()
+    for name in settings.names():
+        assert torch.equal(_draw(module, **{name: getattr(settings, name)}), reference), name
+    assert torch.equal(_draw(module, **settings.as_dict()), reference)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"{type(s).__name__}-{s.sampler}")
+def test_a_sample_option_gives_the_samples_of_the_module_built_with_it(settings):
+    module = _built_with(settings)
+    for name in settings.names():
+        value = next(v for v in OTHER_VALUES[name] if v != getattr(settings, name))
+        other = _built_with(settings.replace(**{name: value}))
+        assert module.sampling_settings(**{name: value}) == other.sampling.as_dict()
+        assert torch.equal(_draw(module, **{name: value}), _draw(other)), name
+    assert module.sampling == settings  # an option is for one call only
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"{type(s).__name__}-{s.sampler}")
+def test_steps_given_to_sample_are_the_steps_of_a_module_built_with_them(settings):
+    five, three = _built_with(settings.replace(steps=5)), _built_with(settings.replace(steps=3))
+    for name, value in five.state_dict().items():
+        assert torch.equal(three.state_dict()[name], value), name
+    assert torch.equal(_draw(five, steps=3), _draw(three))
+    if settings.sampler != "ddpm":  # ancestral sampling takes every step of the schedule
+        assert not torch.equal(_draw(five), _draw(three))
+
+
+def test_unknown_options_and_samplers_are_one_line_errors_naming_the_choices():
+    module = _built_with(DiffusionSampling(steps=2))
+    with pytest.raises(ConfigError, match="unknown sampling option.*sampling_steps.*steps, eta") as error:
+        module.sample(1, sampling_steps=2)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="unknown sampler 'lms'; set model.sampling.sampler to ddpm, ddim"):
+        module.sample(1, sampler="lms")
+    module.sampling = module.sampling.replace(sampler="lms")  # a bad value set on the module: the same
+    with pytest.raises(ConfigError, match="set model.sampling.sampler to ddpm, ddim"):
+        module.sample(1)
 
 
 DDP_SCRIPT = """

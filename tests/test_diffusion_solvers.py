@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_genai.diffusion import Diffusion
+from lit_genai.diffusion import Diffusion, DiffusionSampling
 from lit_genai.diffusion.sampling import ddim_sample, ddim_timesteps
 from lit_genai.diffusion.schedules import make_betas, schedule_tensors
 from lit_genai.diffusion.solvers import (
@@ -231,7 +231,7 @@ def _module(num_classes=0, **kwargs):
 
 @pytest.mark.parametrize("sampler", list(SOLVERS))
 def test_module_sample_with_each_solver(sampler):
-    module = _module(sampler=sampler, sampling_steps=4)
+    module = _module(sampling=DiffusionSampling(sampler=sampler, steps=4))
     a = module.sample(2, generator=torch.Generator().manual_seed(1))
     assert len(module.net.calls) == NFE[sampler](4)
     b = module.sample(2, generator=torch.Generator().manual_seed(1))
@@ -246,21 +246,27 @@ def test_module_sample_with_each_solver(sampler):
 
 
 def test_sigma_max_caps_the_solver_grid_only_when_lower_than_the_schedule():
-    module = _module(sampler="heun", sampling_steps=4)
+    module = _module(sampling=DiffusionSampling(sampler="heun", steps=4))
     top = vp_sigmas(module.alpha_bar)[-1].item()
-    module.sigma_max = None  # the schedule's own top
+    module.sampling = module.sampling.replace(sigma_max=None)  # the schedule's own top
     assert module.sigma_grid(4)[0].item() == pytest.approx(top)
-    module.sigma_max = 10 * top  # above the schedule: the schedule's top
+    module.sampling = module.sampling.replace(sigma_max=10 * top)  # above the schedule: the schedule's top
     assert module.sigma_grid(4)[0].item() == pytest.approx(top)
-    module.sigma_max = 5.0
+    module.sampling = module.sampling.replace(sigma_max=5.0)
     grid = module.sigma_grid(4)
     assert grid[0].item() == 5.0 and bool((grid[:-1] > grid[1:]).all())
-    assert "sigma_max" in module.sampling_settings() and "sigma_max" not in module.hparams
+    assert module.sampling_settings()["sigma_max"] == 5.0 and "sampling" not in module.hparams
+    # an option overrides the module's setting for this grid only
+    assert module.sigma_grid(4, sigma_max=2.0)[0].item() == 2.0
+    assert module.sigma_grid(4, sigma_max=None)[0].item() == pytest.approx(top)
+    assert module.sampling.sigma_max == 5.0
 
 
 def test_module_solver_guidance_uses_both_branches_and_matches_the_pure_solver():
     module = _module(
-        num_classes=10, sampler="dpm_solver++", sampling_steps=3, clip_denoised=False, prediction="x0"
+        num_classes=10,
+        sampling=DiffusionSampling(sampler="dpm_solver++", steps=3, clip_denoised=False),
+        prediction="x0",
     )
     y = torch.tensor([3, 7])
     guided = module.sample(2, cond=y, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
@@ -283,5 +289,5 @@ def test_module_solver_guidance_uses_both_branches_and_matches_the_pure_solver()
 
 
 def test_module_rejects_unknown_sampler():
-    with pytest.raises(ConfigError, match="model.sampler"):
+    with pytest.raises(ConfigError, match="unknown sampler 'lms'; set model.sampling.sampler to"):
         _module().sample(1, sampler="lms")

@@ -1,10 +1,16 @@
 """The Evaluation callback: metrics at test and during fit, the contract it reads, the protocol and
-JSON, the real-feature cache key, conditioning accuracy, and DDP against one process."""
+JSON, the real-feature cache key, conditioning accuracy, DDP against one process, and the gathering of
+CAS's training samples over ranks with unequal shares or none."""
 
 import json
+import math
+import socket
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from ddp_evaluation_script import METRICS, NUM_REAL, NUM_SAMPLES, RealDigits, run
 from helpers import quiet_trainer, tiny_conditional_diffusion
 from torch.utils.data import DataLoader
@@ -12,8 +18,10 @@ from torch.utils.data import DataLoader
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.data import Digits, MNIST5k
+from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.features import get_extractor
-from lit_genai.metrics.fid import QualityMetrics, real_features
+from lit_genai.metrics.gather import gather_labelled
+from lit_genai.metrics.quality import QualityMetrics
 
 _trainer = quiet_trainer
 
@@ -36,7 +44,8 @@ def test_test_reports_every_metric_with_the_extractor_in_the_key(tmp_path):
     assert protocol["num_generated"] == 40 and protocol["num_real"] == 80
     assert protocol["reference"] == "MNIST5k/train" and protocol["extractor"] == "mnist"
     assert protocol["sampler"]["ema"] is True  # evaluated under the EMA weights
-    assert protocol["sampler"]["sampling_steps"] == 2  # from the module's sampling_settings()
+    assert protocol["sampler"]["steps"] == 2  # from the module's sampling_settings()
+    assert "sampling_steps" not in protocol["sampler"]  # one name per setting
     assert any("KID subset size clamped" in note for note in protocol["notes"])
     # The results and protocol are saved as JSON (next to the checkpoint when there is one).
     saved = json.loads((tmp_path / "test.json").read_text())
@@ -58,7 +67,7 @@ def test_the_protocol_records_the_modules_sampling_settings_and_the_options(tmp_
         num_real=50,
         metrics=("fid",),
         cache_dir=str(tmp_path),
-        sampler_options={"ignore_labels": True},  # passed to sample() and recorded
+        sampling={"ignore_labels": True},  # passed to sample() and recorded
     )
     metrics = _test(tmp_path, RealDigits(), [options])
     assert options.last_protocol["sampler"]["ignore_labels"] is True
@@ -209,6 +218,61 @@ def test_classification_accuracy_score_of_a_conditional_model(tmp_path):
     metrics = _test(tmp_path, RealDigits(), [evaluation])
     assert metrics["test/cas"] > 0.6
     assert metrics["test/cas_real"] > 0.6
+
+
+def _cas_gather_worker(rank: int, port: int, out: str, num_samples: int, batch_size: int) -> None:
+    """One of 3 gloo ranks: draw this rank's share of ``num_samples`` as the callback does (ceil-sized
+    shares, possibly empty), in batches, and gather them with ``gather_labelled``."""
+    world = 3
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=30),
+    )
+    torch.set_num_threads(1)
+    per_rank = math.ceil(num_samples / world)
+    first, last = min(rank * per_rank, num_samples), min((rank + 1) * per_rank, num_samples)
+    kept = []
+    for start in range(first, last, batch_size):
+        index = torch.arange(start, min(start + batch_size, last))  # (b,) global sample indices
+        images = (index % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 3)  # (b, 1, 2, 3)
+        kept.append((images, index % 10))
+    x, y = gather_labelled(kept, (1, 2, 3), torch.device("cpu"))
+    torch.save({"x": x, "y": y, "n": last - first}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "batch_size", "shares"),
+    [(1000, 100, [334, 334, 332]), (2, 1, [1, 1, 0]), (7, 2, [3, 3, 1])],
+)
+def test_cas_gathers_unequal_and_empty_ranks_in_rank_order(tmp_path, num_samples, batch_size, shares):
+    # CAS trains on every rank's samples: unequal shares made the plain all_gather abort (gloo) or
+    # hang, and a rank without samples raised on torch.cat([]) while the others waited in the gather.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (port, str(tmp_path), num_samples, batch_size)
+    mp.start_processes(_cas_gather_worker, args=args, nprocs=3, start_method="fork")  # forked: seconds
+    index = torch.arange(num_samples)
+    for rank in range(3):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["n"] == shares[rank]
+        assert result["x"].shape == (num_samples, 1, 2, 3) and result["x"].dtype == torch.uint8
+        assert torch.equal(result["x"][:, 0, 1, 2], (index % 256).to(torch.uint8))  # every row, in order
+        assert torch.equal(result["y"], index % 10) and result["y"].dtype == torch.long
+
+
+def test_cas_gather_is_a_no_op_in_one_process():
+    images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    x, y = gather_labelled(
+        [(images[:3], torch.arange(3)), (images[3:], torch.arange(1))], (1, 2, 2), torch.device("cpu")
+    )
+    assert x.shape == (4, 1, 2, 2) and y.tolist() == [0, 1, 2, 0]
+    x, y = gather_labelled([], (1, 2, 2), torch.device("cpu"))
+    assert x.shape == (0, 1, 2, 2) and x.dtype == torch.uint8 and y.shape == (0,)
 
 
 class _PixelDigits(RealDigits):

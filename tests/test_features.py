@@ -1,6 +1,8 @@
 """Feature extractors and the domain classifier: uint8 contract, Inception loading without a download,
 the shipped MNIST weights, the CAS trainer on real digits, and the classifier's experiment file."""
 
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,14 +11,11 @@ import torch
 from lit_genai.cli import LitGenAICLI
 from lit_genai.data import MNIST5k
 from lit_genai.errors import ConfigError, DataNotFoundError
-from lit_genai.metrics.classifier import (
-    Classifier,
-    DomainClassifier,
-    accuracy,
-    export_weights,
-    random_shift,
-    train_classifier,
-)
+from lit_genai.metrics.classifier.augment import random_shift
+from lit_genai.metrics.classifier.cas import accuracy, train_classifier
+from lit_genai.metrics.classifier.export import export_weights
+from lit_genai.metrics.classifier.module import Classifier
+from lit_genai.metrics.classifier.network import DomainClassifier
 from lit_genai.metrics.features import (
     INCEPTION_FILE,
     DomainFeatures,
@@ -156,6 +155,25 @@ def test_classifier_checkpoint_exports_to_the_shipped_format(tmp_path):
     assert set(state) == set(net.state_dict())
     from_ckpt = get_extractor(str(tmp_path / "last.ckpt"))
     assert from_ckpt.expected_shape == (1, 28, 28)  # read from the checkpoint's hyperparameters
+
+
+def test_the_export_command_and_the_class_paths_of_the_old_module_still_work(tmp_path, monkeypatch, capsys):
+    # YAML class paths, saved configs and the README's command name lit_genai.metrics.classifier
+    import lit_genai.metrics.classifier as package
+
+    assert (package.Classifier, package.DomainClassifier) == (Classifier, DomainClassifier)
+    net = DomainClassifier(width=8, feature_dim=16)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "last.ckpt")
+    argv = [
+        "python -m lit_genai.metrics.classifier",
+        "export",
+        str(tmp_path / "last.ckpt"),
+        str(tmp_path / "w.pt"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module("lit_genai.metrics.classifier", run_name="__main__")
+    assert "wrote" in capsys.readouterr().out
+    assert set(torch.load(tmp_path / "w.pt", weights_only=True)) == set(net.state_dict())
 
 
 def test_random_shift_translates_by_at_most_max_shift_and_fills_background():

@@ -20,8 +20,11 @@ from torch.utils.data import DataLoader
 from lit_genai.data import MNIST5k
 from lit_genai.data.images import ImageFolder
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
+from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.features import get_extractor
-from lit_genai.metrics.fid import QualityMetrics, knn_radii, precision_recall, real_features, to_uint8
+from lit_genai.metrics.precision_recall import knn_radii, precision_recall
+from lit_genai.metrics.quality import QualityMetrics
 
 
 class StubExtractor(nn.Module):

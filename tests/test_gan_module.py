@@ -1,6 +1,7 @@
 """The GAN LightningModule: who steps when, what counts, mixed precision, DDP, resume, the CLI."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -14,13 +15,16 @@ from helpers import TINY_CLI_TRAINER, quiet_trainer
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 
+from lit_genai import paradigm
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.rng import RNGState
 from lit_genai.cli import main
 from lit_genai.data import MNIST5k
 from lit_genai.errors import ConfigError
-from lit_genai.gan.module import GAN
+from lit_genai.gan.checks import check_nets
+from lit_genai.gan.module import GAN, GANSampling
+from lit_genai.gan.sampling import truncate
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,6 +240,60 @@ def test_sample_is_deterministic_in_range_and_restores_train_mode():
     assert not torch.allclose(batch[3], batch[4])
 
 
+# ---------------------------------------------------------------------- truncation (Brock et al. 2019)
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0])
+def test_truncate_maps_normal_draws_to_the_truncated_normal(t):
+    z = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(0))
+    out = truncate(z, t)
+    assert out.shape == z.shape and out.dtype == z.dtype
+    assert out.abs().max() <= t  # within the bounds
+    assert torch.equal(out, truncate(z.clone(), t))  # a fixed map of z: no random draws of its own
+    assert bool((out[z.argsort(0)[:, 0], 0].diff() >= 0).all())  # monotone in z
+    # The distribution of N(0, 1) truncated to [-t, t]: its CDF at a few points, its variance.
+    mass = 2 * _normal_cdf(t) - 1
+    for x in (-0.9 * t, -0.3 * t, 0.0, 0.5 * t):
+        expected = (_normal_cdf(x) - _normal_cdf(-t)) / mass
+        assert (out <= x).double().mean().item() == pytest.approx(expected, abs=0.005), x
+    pdf = math.exp(-(t**2) / 2) / math.sqrt(2 * math.pi)
+    assert out.double().mean().item() == pytest.approx(0.0, abs=0.005)
+    assert out.double().var().item() == pytest.approx(1 - 2 * t * pdf / mass, rel=0.02)
+
+
+def test_a_large_truncation_leaves_z_as_it_is_and_a_bound_must_be_positive():
+    z = torch.randn(1000, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(truncate(z, 10.0), z, atol=1e-5, rtol=0)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="give a positive bound"):
+            truncate(z, bad)
+
+
+def test_sample_with_truncation_keeps_the_latents_within_the_bound_and_rows_independent():
+    module = _gan(sampling=GANSampling(truncation=0.5))
+    assert "sampling" not in module.hparams and module.sampling_settings() == {"truncation": 0.5}
+    latents = []
+    module.net_g.register_forward_pre_hook(lambda net, args: latents.append(args[0].clone()))
+    g = lambda rows: paradigm.sample_generators(7, rows)  # noqa: E731
+    batch = module.sample(6, generator=g(range(6)))  # the module's setting
+    assert latents[-1].abs().max() <= 0.5
+    tight = module.sample(6, generator=g(range(6)), truncation=0.1)  # a call's option overrides it
+    assert latents[-1].abs().max() <= 0.1 and not torch.allclose(tight, batch)
+    plain = module.sample(6, generator=g(range(6)), truncation=None)
+    assert latents[-1].abs().max() > 0.5  # 6 x 8 standard normal draws: some beyond 0.5
+    assert not torch.allclose(plain, batch)
+    # With one generator per sample, a row is the same whatever batch it is drawn in.
+    torch.testing.assert_close(module.sample(2, generator=g([4, 5])), batch[4:], atol=1e-6, rtol=0)
+    with pytest.raises(
+        ConfigError, match=r"unknown sampling option\(s\) truncate .*the options are: truncation"
+    ):
+        module.sample(1, truncate=0.5)
+
+
 def test_unconditional_networks_ignore_the_labels(tmp_path):
     module = _gan(num_classes=0)
     assert module.num_classes == 0
@@ -258,6 +316,44 @@ def test_networks_that_do_not_fit_the_data_are_one_clear_error():
         GAN(G, DCGANDiscriminator(1, 28, 8), sample_shape=(1, 28, 28), gradient_penalty=10)
 
 
+def test_conditional_and_unconditional_networks_that_do_not_match_are_one_line():
+    def nets(g_classes: int, d_classes: int):
+        G = DCGANGenerator(
+            latent_dim=8, out_channels=1, image_size=28, base_channels=8, num_classes=g_classes
+        )
+        return G, DCGANDiscriminator(1, 28, 8, num_classes=d_classes)
+
+    cases = [
+        # a conditional generator on unlabelled data
+        (
+            (10, 0),
+            0,
+            r"^model.net_g.num_classes=10 but the data has num_classes=0: set model.net_g.init_args",
+        ),
+        ((10, 10), 0, r"^model.net_g.num_classes=10 but the data has num_classes=0"),
+        # a conditional generator with an unconditional discriminator, and the reverse
+        (
+            (10, 0),
+            10,
+            r"^model.net_g.num_classes=10 but model.net_d.num_classes=0: .*set both to 10, or both to 0",
+        ),
+        (
+            (0, 10),
+            10,
+            r"^model.net_g.num_classes=0 but model.net_d.num_classes=10: .*set both to 10, or both to 0",
+        ),
+    ]
+    for (g_classes, d_classes), data_classes, message in cases:
+        G, D = nets(g_classes, d_classes)
+        with pytest.raises(ConfigError, match=message) as error:
+            check_nets(G, D, (1, 28, 28), data_classes)
+        assert "\n" not in str(error.value)
+        with pytest.raises(ConfigError, match=message):
+            GAN(G, D, sample_shape=(1, 28, 28), num_classes=data_classes)
+    for g_classes, data_classes in ((0, 0), (0, 10), (10, 10)):  # these fit
+        check_nets(*nets(g_classes, g_classes), (1, 28, 28), data_classes)
+
+
 def test_ddp_without_unused_parameter_detection_is_one_clear_error():
     module = _gan()
     module._trainer = SimpleNamespace(strategy=DDPStrategy(process_group_backend="gloo"))
@@ -272,7 +368,10 @@ import json, os, sys
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lit_genai.data import MNIST5k
-from lit_genai.gan.module import GAN
+from lit_genai import paradigm
+from lit_genai.gan.checks import check_nets
+from lit_genai.gan.module import GAN, GANSampling
+from lit_genai.gan.sampling import truncate
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 
 torch.set_num_threads(1)

@@ -1,5 +1,6 @@
 """Tests of the GAN networks (lit_genai.nn.dcgan, lit_genai.nn.sngan, lit_genai.nn.layers): shapes,
-sizes against the references, conditioning, spectral norm, initialisation and errors."""
+sizes against the references, conditioning, spectral norm, initialisation and errors; and of the one
+class-label check (lit_genai.nn.layers.check_labels) that every network runs."""
 
 import pytest
 import torch
@@ -9,8 +10,14 @@ from torch.nn.utils import parametrize
 from lit_genai.errors import ConfigError
 from lit_genai.gan.losses import gradient_penalty
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from lit_genai.nn.dit import DiT
 from lit_genai.nn.layers import ConditionalBatchNorm2d
+from lit_genai.nn.pixelcnn import GatedPixelCNN
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
+from lit_genai.nn.transformer import GPT
+from lit_genai.nn.unet import UNet
+from lit_genai.nn.vae import MLPEncoder
+from lit_genai.nn.wavenet import WaveNet
 
 SMALL_DCGAN = dict(base_channels=8)
 SMALL_RESNET_G, SMALL_RESNET_D = dict(base_channels=16), dict(base_channels=16)
@@ -247,3 +254,58 @@ def test_wgan_gp_critic_penalty_trains_every_weight():
     real, fake = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     gradient_penalty(D, real, fake).mean().backward()
     assert all(p.grad is not None for name, p in D.named_parameters() if name.endswith("weight"))
+
+
+def _timesteps() -> torch.Tensor:
+    return torch.tensor([0, 1])
+
+
+def _tokens(n: int) -> torch.Tensor:
+    return torch.zeros(2, n, dtype=torch.long)
+
+
+# One network of each file: (name, network of K classes, forward on a batch of 2 with labels y, whether
+# a conditional network takes y=None as the null label for every example).
+LABELLED_NETWORKS = [
+    ("MLPEncoder", lambda k: MLPEncoder(hidden=[8], latent_dim=2, num_classes=k),
+     lambda net, y: net(torch.randn(2, 1, 28, 28), y), False),
+    ("DCGANGenerator", lambda k: DCGANGenerator(latent_dim=16, out_channels=1, image_size=28, num_classes=k,
+                                                **SMALL_DCGAN),
+     lambda net, y: net(torch.randn(2, 16), y), False),
+    ("ResNetDiscriminator", lambda k: ResNetDiscriminator(num_classes=k, **SMALL_RESNET_D),
+     lambda net, y: net(torch.randn(2, 3, 32, 32), y), False),
+    ("UNet", lambda k: UNet(in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1,
+                            attention_levels=(), dropout=0.0, num_groups=4, num_classes=k),
+     lambda net, y: net(torch.randn(2, 1, 8, 8), _timesteps(), y), True),
+    ("DiT", lambda k: DiT(in_channels=1, image_size=8, hidden_size=16, depth=1, num_heads=2, num_classes=k),
+     lambda net, y: net(torch.randn(2, 1, 8, 8), _timesteps(), y), True),
+    ("GPT", lambda k: GPT(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8, num_classes=k),
+     lambda net, y: net(_tokens(4), y), False),
+    ("GatedPixelCNN", lambda k: GatedPixelCNN(image_shape=[1, 4, 4], levels=2, hidden=4, n_layers=1,
+                                              output_hidden=4, num_classes=k),
+     lambda net, y: net(_tokens(16), y), False),
+    ("WaveNet", lambda k: WaveNet(levels=4, residual_channels=2, gate_channels=2, skip_channels=2,
+                                  layers_per_stack=1, stacks=1, num_classes=k),
+     lambda net, y: net(_tokens(4), y), False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, make, call, none_is_null", LABELLED_NETWORKS, ids=[case[0] for case in LABELLED_NETWORKS]
+)
+def test_every_network_checks_its_labels_alike(name, make, call, none_is_null):
+    labels = torch.tensor([0, 1])
+    call(make(0), None)  # unconditional: no labels
+    with pytest.raises(ValueError, match=rf"^{name}: got class labels \w+ but num_classes=0"):
+        call(make(0), labels)
+    conditional = make(3)
+    call(conditional, labels)
+    wrong = rf"^{name}: num_classes=3, so \w+ must be \(2,\) int64 labels in \[0, 3[\])]"
+    for bad in (labels[:, None], labels[:1], labels.float()):  # (2, 1), (1,) and float labels
+        with pytest.raises(ValueError, match=wrong):
+            call(conditional, bad)
+    if none_is_null:  # y=None: the null label 3 for every example
+        call(conditional, None)
+    else:
+        with pytest.raises(ValueError, match=wrong + ".*got None"):
+            call(conditional, None)

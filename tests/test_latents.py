@@ -1,18 +1,22 @@
-"""LatentGrids: reconstruction, interpolation and traversal grids as PNGs and TensorBoard images."""
+"""LatentGrids: reconstruction, interpolation and traversal grids as PNGs and TensorBoard images, for
+modules keeping the Autoencoder protocol only; the when-to-draw rule of lit_genai.callbacks.epochs."""
 
 import functools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from helpers import quiet_trainer
 from lightning.pytorch import LightningModule
-from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
+from lit_genai import paradigm
+from lit_genai.callbacks.epochs import should_draw
 from lit_genai.callbacks.latents import LatentGrids
 from lit_genai.data import MNIST5k
 from lit_genai.media import to_uint8
@@ -66,18 +70,52 @@ def test_a_vae_run_writes_and_logs_the_three_grids(tmp_path):
     )
 
 
-def test_modules_without_the_contract_are_skipped_silently(tmp_path):
-    trainer = quiet_trainer(tmp_path, callbacks=[LatentGrids()], max_steps=1, limit_val_batches=1)
-    trainer.fit(BoringModel())
-    assert not (tmp_path / "latents").exists()
+class ImageModel(LightningModule):
+    """Trains and validates on (x, y) batches of 1x28x28 images; keeps no autoencoder member."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        return (self.weight * x).mean()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return self.val_dataloader()
+
+    def val_dataloader(self):
+        images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        return DataLoader(TensorDataset(images, torch.zeros(8, dtype=torch.long)), batch_size=4)
 
 
-class ToyAutoencoder(LightningModule):
-    """encode: 4x4 average pooling (continuous, spatial) or rounded levels (discrete); decode: inverse."""
+class EncodeDecodeOnly(ImageModel):
+    """``encode``, ``decode`` and ``latent_space`` (the old duck-typed check) but not the rest of the
+    Autoencoder protocol (``latent_shape``, ``reconstruct``, ``per_example_loss``)."""
 
-    def __init__(self, latent_space):
+    latent_space = "continuous"
+
+    def encode(self, x, y=None):
+        return F.avg_pool2d(x, 4)  # (B, 1, 7, 7)
+
+    def decode(self, z, y=None):
+        return F.interpolate(z, scale_factor=4)  # (B, 1, 28, 28)
+
+
+class ToyAutoencoder(ImageModel):
+    """Keeps the Autoencoder protocol in a few lines. encode: 4x4 average pooling (continuous, spatial)
+    or rounded levels (discrete); decode: its inverse."""
+
+    def __init__(self, latent_space="continuous"):
         super().__init__()
         self.latent_space = latent_space
+        self.latent_shape = (28, 28) if latent_space == "discrete" else (1, 7, 7)
         self.decoded: list[Tensor] = []
 
     def encode(self, x, y=None):
@@ -90,6 +128,57 @@ class ToyAutoencoder(LightningModule):
         if self.latent_space == "discrete":
             return z[:, None].float() / 1.5 - 1
         return F.interpolate(z, scale_factor=4)
+
+    def reconstruct(self, x, y=None):
+        return self.decode(self.encode(x, y), y)
+
+    def per_example_loss(self, x, y=None):
+        return (self.reconstruct(x, y) - x).pow(2).flatten(1).mean(1)  # (B,)
+
+
+def _fit_with_grids(module, tmp_path) -> LatentGrids:
+    grids = LatentGrids(num_images=4, interpolation_steps=3)
+    trainer = quiet_trainer(tmp_path, callbacks=[grids], max_epochs=1, limit_train_batches=1)
+    trainer.fit(module)
+    return grids
+
+
+@pytest.mark.parametrize("module", [ImageModel, EncodeDecodeOnly])
+def test_modules_without_the_autoencoder_protocol_are_skipped_silently(module, tmp_path):
+    module = module()
+    assert not paradigm.is_autoencoder(module)
+    grids = _fit_with_grids(module, tmp_path)  # its validation batches hold images
+    assert grids._images is None and grids.last_paths == {}
+    assert not (tmp_path / "latents").exists()
+
+
+def test_a_module_keeping_the_autoencoder_protocol_gets_its_grids(tmp_path):
+    module = ToyAutoencoder()
+    assert paradigm.is_autoencoder(module)
+    grids = _fit_with_grids(module, tmp_path)
+    assert set(grids.last_paths) == {"reconstructions", "interpolations"}  # (1, 7, 7) latents: no traversals
+    assert _grid_shape(grids.last_paths["reconstructions"]) == (2, 4)
+    assert _grid_shape(grids.last_paths["interpolations"]) == (2, 3 + 2)
+
+
+def _trainer_state(epoch, *, sanity=False, stop=False, max_epochs=10, max_steps=-1, step=5):
+    return SimpleNamespace(
+        sanity_checking=sanity,
+        should_stop=stop,
+        current_epoch=epoch,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        global_step=step,
+    )
+
+
+def test_grids_and_samples_are_drawn_every_nth_epoch_and_after_the_last():
+    assert [e for e in range(10) if should_draw(_trainer_state(e), 3)] == [2, 5, 8, 9]  # 9: the last
+    assert not should_draw(_trainer_state(2), 0)  # 0 turns drawing off
+    assert not should_draw(_trainer_state(2, sanity=True), 1)
+    assert should_draw(_trainer_state(0, stop=True), 3)  # early stopping
+    assert should_draw(_trainer_state(0, max_steps=5, step=5), 3)  # max_steps reached
+    assert not should_draw(_trainer_state(0, max_epochs=-1), 3)  # no epoch limit
 
 
 @pytest.mark.parametrize(
@@ -113,6 +202,10 @@ class VectorToy(ToyAutoencoder):
 
     codes = torch.tensor([[0.0, 1.0, 5.0], [1.0, 1.0, -5.0], [0.0, 1.1, 3.0], [1.0, 1.0, 0.0]])
 
+    def __init__(self):
+        super().__init__("continuous")
+        self.latent_shape = (3,)  # vector latents: the grids include traversals
+
     def encode(self, x, y=None):
         return self.codes.clone()
 
@@ -124,7 +217,7 @@ class VectorToy(ToyAutoencoder):
 def test_traversals_move_the_most_active_dimensions_of_the_first_code(tmp_path):
     grids = LatentGrids(num_images=4, traversal_dims=2, traversal_range=2.0, traversal_steps=5)
     grids._images, grids._labels = torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
-    module = VectorToy("continuous")
+    module = VectorToy()
     grids.draw(quiet_trainer(tmp_path), module)
     codes = module.decoded[-1].view(2, 5, 3)  # (dims, steps, D)
     base, offsets = VectorToy.codes[0], torch.linspace(-2, 2, 5)

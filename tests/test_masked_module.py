@@ -3,6 +3,7 @@ trainings that lower the loss (token sequences and CharText), sampling, text inf
 
 import functools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_genai import paradigm
 from lit_genai.data.text import CharText
 from lit_genai.errors import ConfigError
-from lit_genai.masked.module import MaskedTokens, random_masks
+from lit_genai.masked.module import EVAL_SEED, MaskedSampling, MaskedTokens, random_masks
 from lit_genai.masked.schedules import num_to_mask
 from lit_genai.nn.transformer import GPT
 
@@ -91,9 +92,10 @@ def test_a_causal_net_and_a_short_context_are_config_errors():
         MaskedTokens(tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=10)
 
 
-def test_sampling_options_stay_out_of_the_hyperparameters():
-    model = MaskedTokens(tiny_gpt(), vocab_size=V, block_size=N, steps=3, guidance=0.0, label_smoothing=0.1)
-    assert set(model.sampling_options).isdisjoint(model.hparams)
+def test_sampling_settings_stay_out_of_the_hyperparameters():
+    sampling = MaskedSampling(steps=3, guidance=0.0)
+    model = MaskedTokens(tiny_gpt(), vocab_size=V, block_size=N, sampling=sampling, label_smoothing=0.1)
+    assert "sampling" not in model.hparams and set(MaskedSampling.names()).isdisjoint(model.hparams)
     assert model.hparams.label_smoothing == 0.1 and model.hparams.schedule == "cosine"
     assert model.sampling_settings() == {
         "steps": 3,
@@ -166,6 +168,24 @@ def test_label_dropout_gives_the_null_label():
     assert seen[0].tolist() == [3] * 8
 
 
+def test_p_uncond_per_condition_name_drops_labels_and_an_unknown_name_is_one_line():
+    seen = []
+    net = tiny_gpt(num_classes=3)
+    net.register_forward_hook(lambda m, args, out: seen.append(args[1].clone()))
+    model = MaskedTokens(net, vocab_size=V, block_size=N, num_classes=3, p_uncond={"label": 0.5})
+    labels = torch.arange(64) % 3
+    torch.manual_seed(0)
+    model.training_step((torch.randint(0, V, (64, N)), labels), 0)
+    dropped = seen[0] == 3  # the null label
+    assert 10 < int(dropped.sum()) < 54  # about half of the 64 rows
+    assert torch.equal(seen[0][~dropped], labels[~dropped])  # the others keep their label
+    with pytest.raises(ConfigError, match=r"p_uncond names text, which the model does not use") as error:
+        MaskedTokens(
+            tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, p_uncond={"text": 0.5}
+        )
+    assert "\n" not in str(error.value)
+
+
 def test_text_batches_use_x_and_plain_tensors_are_sequences(text):
     model = MaskedTokens(tiny_gpt(text.vocab_size + 1, 32), vocab_size=text.vocab_size, block_size=32)
     text.setup("fit")
@@ -195,6 +215,38 @@ def test_validation_scores_fixed_masks_and_reports_masked_accuracy(tmp_path):
     assert first["val/loss"] == pytest.approx(nll / count, rel=1e-5)
     assert first["val/acc"] == pytest.approx(correct / count, rel=1e-6)
     assert first["val/loss"] == pytest.approx(math.log(V), abs=0.05)  # a fresh net: near uniform
+
+
+def _masks_of_seed(seed: int, B: int) -> torch.Tensor:
+    """The (B, N) evaluation masks drawn from ``manual_seed(seed)`` (cosine schedule)."""
+    g = torch.Generator().manual_seed(seed)
+    r, scores = torch.rand(B, generator=g), torch.rand((B, N), generator=g)
+    return random_masks(num_to_mask(r, N, "cosine"), scores)
+
+
+def test_evaluation_masks_are_fixed_per_batch_and_distinct_per_rank():
+    model = MaskedTokens(tiny_gpt(), vocab_size=V, block_size=N)
+    tokens = torch.randint(0, V, (32, N))
+    alone = model.eval_masks(tokens, 3)  # outside a Trainer: seed EVAL_SEED + batch_idx
+    assert torch.equal(alone, _masks_of_seed(EVAL_SEED + 3, 32)) and torch.equal(
+        model.eval_masks(tokens, 3), alone
+    )
+    try:
+        model._trainer = SimpleNamespace(world_size=1, global_rank=0)
+        assert torch.equal(model.eval_masks(tokens, 3), alone)  # one rank: as before
+        masks = []
+        for rank in (0, 1):
+            trainer = SimpleNamespace(world_size=2, global_rank=rank)
+            model._trainer = trainer
+            masked = model.eval_masks(tokens, 3)
+            g = paradigm.evaluation_generator(trainer, 3, EVAL_SEED)
+            r, scores = torch.rand(32, generator=g), torch.rand((32, N), generator=g)
+            assert torch.equal(masked, random_masks(num_to_mask(r, N, "cosine"), scores))
+            assert torch.equal(masked, _masks_of_seed(EVAL_SEED + 3 * 2 + rank, 32))  # batch_idx * W + rank
+            masks.append(masked)
+        assert not torch.equal(masks[0], masks[1])  # each rank scores its own positions
+    finally:
+        model._trainer = None
 
 
 # ---------------------------------------------------------------------- short trainings
@@ -233,7 +285,9 @@ def test_a_short_run_on_char_text_lowers_the_loss(text, tmp_path):
 
 
 def test_samples_are_block_size_ids_of_the_data_and_seeded():
-    model = MaskedTokens(tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, steps=4)
+    model = MaskedTokens(
+        tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, sampling=MaskedSampling(steps=4)
+    )
     g = functools.partial(paradigm.sample_generators, 5)
     out = model.sample(6, cond=torch.arange(6) % 3, generator=g(range(6)))
     assert out.shape == (6, N) and out.dtype == torch.long
@@ -244,8 +298,29 @@ def test_samples_are_block_size_ids_of_the_data_and_seeded():
     assert model.sample(2, generator=g(range(2))).shape == (2, N)  # the null label
 
 
+def test_sample_options_are_the_settings_names_and_an_unknown_one_is_one_line():
+    model = MaskedTokens(tiny_gpt(), vocab_size=V, block_size=N, sampling=MaskedSampling(steps=2))
+    assert model.sampling_settings(steps=5, temperature=0.5)["steps"] == 5
+    assert model.sampling.steps == 2  # a call's options leave the module's settings alone
+    with pytest.raises(
+        ConfigError, match=r"unknown sampling option\(s\) stepz for MaskedSampling; the options are: steps, "
+    ) as error:
+        model.sample(1, stepz=3)
+    assert "\n" not in str(error.value)
+    model.sampling = model.sampling.replace(temperature=0.0, choice_temperature=0.0)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.sample(2, generator=g), model.sample(2, temperature=0.0, choice_temperature=0.0))
+
+
 def test_predict_draws_sample_i_from_seed_plus_i_with_label_i_mod_classes():
-    model = MaskedTokens(tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, steps=3, seed=9)
+    model = MaskedTokens(
+        tiny_gpt(num_classes=3),
+        vocab_size=V,
+        block_size=N,
+        num_classes=3,
+        sampling=MaskedSampling(steps=3),
+        seed=9,
+    )
     batch = model.predict_step(torch.arange(4))
     alone = model.sample(1, cond=torch.tensor([2]), generator=paradigm.sample_generators(9, [2]))
     assert torch.equal(batch[2:3], alone)
@@ -253,13 +328,17 @@ def test_predict_draws_sample_i_from_seed_plus_i_with_label_i_mod_classes():
 
 def test_a_checkpoint_samples_without_the_data(tmp_path):
     data = Tokens()
-    model = MaskedTokens(tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, steps=3)
+    model = MaskedTokens(
+        tiny_gpt(num_classes=3), vocab_size=V, block_size=N, num_classes=3, sampling=MaskedSampling(steps=3)
+    )
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=True)
     trainer.fit(model, data)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    loaded = MaskedTokens.load_from_checkpoint(path, net=tiny_gpt(num_classes=3), weights_only=True, steps=3)
-    assert loaded.hparams == model.hparams
+    loaded = MaskedTokens.load_from_checkpoint(
+        path, net=tiny_gpt(num_classes=3), weights_only=True, sampling=MaskedSampling(steps=3)
+    )
+    assert loaded.hparams == model.hparams and "sampling" not in loaded.hparams
     cond = torch.tensor([0, 1, 2])
     assert torch.equal(
         loaded.sample(3, cond=cond, generator=torch.Generator().manual_seed(0)),
@@ -274,7 +353,7 @@ def test_text_infill_keeps_the_prompt_characters(text):
         block_size=32,
         vocabulary=text.vocabulary,
         modality="text",
-        steps=5,
+        sampling=MaskedSampling(steps=5),
     )
     prompt = "The __ statement_is"
     (sample,) = model.decode(model.sample(1, prompt=prompt, generator=torch.Generator().manual_seed(0)))
@@ -286,7 +365,9 @@ def test_text_infill_keeps_the_prompt_characters(text):
 
 
 def test_prompts_are_checked_and_token_prompts_take_holes():
-    model = MaskedTokens(tiny_gpt(), vocab_size=V, block_size=N, vocabulary=list("abcdefgh"), steps=2)
+    model = MaskedTokens(
+        tiny_gpt(), vocab_size=V, block_size=N, vocabulary=list("abcdefgh"), sampling=MaskedSampling(steps=2)
+    )
     assert model.encode_prompt("ab_c").tolist() == [0, 1, V, 2]
     assert model.encode_prompt(torch.tensor([3, -1, 4])).tolist() == [3, V, 4]
     with pytest.raises(ConfigError, match="outside the vocabulary: 'z'"):

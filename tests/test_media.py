@@ -1,4 +1,5 @@
-"""Media routes: images, text and audio from a model to TensorBoard, W&B (offline) and files.
+"""Media routes: images, text and audio from a model to TensorBoard, W&B (offline) and files; one
+route per modality, and ``lit_genai.media`` at the bottom of the import graph.
 
 The text and audio toys (tests/toys.py) stand in for the paradigms that follow; a tiny image toy
 below checks that images keep their route, also without a data module (``to_uint8`` fallback).
@@ -6,6 +7,8 @@ below checks that images keep their route, also without a data module (``to_uint
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -21,10 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from toys import AudioToyData, AudioToyModel, TextToyData, TextToyModel
 
-from lit_genai import paradigm
-from lit_genai.callbacks import SampleLogger, SampleWriter, media
-from lit_genai.media import to_uint8
+from lit_genai import media, paradigm
+from lit_genai.callbacks import SampleLogger, SampleWriter
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
 
 
 class _ImageToy(L.LightningModule):
@@ -141,6 +144,41 @@ def test_text_and_audio_need_a_decode():
 def test_a_decode_returning_the_wrong_medium_is_named():
     with pytest.raises(TypeError, match="TextToyData.decode must return Waveforms"):
         media.to_media(TextToyData(), "audio", torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_every_modality_has_one_route():
+    assert set(media.ROUTES) == set(paradigm.MODALITIES)
+    assert all(route.modality == modality for modality, route in media.ROUTES.items())
+    with pytest.raises(ConfigError, match="'video': there is a media route for image, text, audio only"):
+        media.to_media(None, "video", torch.zeros(1, 3))
+
+
+def test_routes_write_one_file_per_sample_and_one_for_all(tmp_path):
+    names = media.sample_names([0, 7])
+    cases = {
+        "image": torch.zeros(2, 1, 4, 4, dtype=torch.uint8),
+        "text": ["one", "two"],
+        "audio": media.Waveforms(torch.zeros(2, 64), sample_rate=8000),
+    }
+    for modality, medium in cases.items():
+        route = media.ROUTES[modality]
+        assert route.is_medium(medium)
+        written = route.write(tmp_path / modality, names, medium)
+        assert [p.stem for p in written] == ["sample_00000", "sample_00007"]
+        whole = route.write_all(tmp_path / modality / "all", names, medium)
+        assert whole.exists() and whole.stem == "all", modality
+    assert (tmp_path / "text" / "all.txt").read_text().startswith("==> sample_00000 <==\none\n")
+    assert media.ROUTES["text"].join([["a"], ["b", "c"]]) == ["a", "b", "c"]
+
+
+def test_media_sits_at_the_bottom_of_the_import_graph():
+    code = (
+        "import sys, lit_genai.media; print(' '.join(m for m in sys.modules if m.startswith('lit_genai.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inside = {m.split(".")[1] for m in done.stdout.split()}
+    assert inside == {"errors", "media"}, inside
 
 
 def test_spectrogram_peaks_at_the_tone():

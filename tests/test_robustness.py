@@ -1,4 +1,4 @@
-"""Adversarial examples (lit_genai/robustness.py): FGSM/PGD geometry, objectives, curves, the subcommand,
+"""Adversarial examples (lit_genai/adversarial/): FGSM/PGD geometry, objectives, curves, the subcommand,
 and adversarial training of the Classifier."""
 
 import functools
@@ -18,26 +18,16 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_genai.adversarial.attacks import fgsm, pgd, random_in_ball, random_on_sphere
+from lit_genai.adversarial.command import main as robustness_main
+from lit_genai.adversarial.curves import robustness_curve
+from lit_genai.adversarial.objectives import build_objective, check_objective, latent_objective
+from lit_genai.adversarial.reports import curve_scalars, log_curve, write_comparison, write_curve
+from lit_genai.callbacks.ema import load_for_evaluation
 from lit_genai.cli import main
 from lit_genai.data import MNIST5k
 from lit_genai.errors import ConfigError
 from lit_genai.metrics.classifier import Classifier
-from lit_genai.robustness import (
-    build_objective,
-    check_objective,
-    curve_scalars,
-    fgsm,
-    latent_objective,
-    load_for_evaluation,
-    log_curve,
-    pgd,
-    random_in_ball,
-    random_on_sphere,
-    robustness_curve,
-    write_comparison,
-    write_curve,
-)
-from lit_genai.robustness import main as robustness_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER_YAML = str(ROOT / "experiments" / "eval" / "mnist_classifier.yaml")
@@ -74,6 +64,7 @@ class LinearAutoencoder(LightningModule):
 
     def __init__(self, latent_dim=4):
         super().__init__()
+        self.latent_shape = (latent_dim,)
         self.enc = nn.Linear(16, latent_dim)
         self.dec = nn.Linear(latent_dim, 16)
 
@@ -567,7 +558,8 @@ def test_bad_subcommand_input_is_one_clear_error(fitted, extra, code, message, c
 
 def test_the_subcommand_attacks_the_inputs_the_model_is_trained_on(tmp_path, monkeypatch):
     # A Bernoulli VAE models binarised digits: its attack starts from them, not from grey levels.
-    import lit_genai.robustness as robustness
+    import lit_genai.adversarial.command as command
+    from lit_genai.adversarial.curves import example_rows
     from lit_genai.data import MNIST5k
     from lit_genai.nn.vae import MLPDecoder, MLPEncoder
     from lit_genai.vae import VAE
@@ -578,14 +570,16 @@ def test_the_subcommand_attacks_the_inputs_the_model_is_trained_on(tmp_path, mon
         binarization="dynamic",
     )
     seen = []
-    real_curve = robustness.robustness_curve
+    real_curve = command.robustness_curve
 
     def spy(module, batches, *args, **kwargs):
         seen.extend(x for x, _ in batches)
         return real_curve(module, batches, *args, **kwargs)
 
-    monkeypatch.setattr(robustness, "robustness_curve", spy)
-    trainer = robustness.RobustnessTrainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    monkeypatch.setattr(command, "robustness_curve", spy)
+    trainer = command.TrainerWithRobustness(
+        logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     data = MNIST5k(batch_size=16)
     rows = trainer.robustness(vae, data, eps=[0.0, 0.2], steps=2, num_examples=16, output_dir=str(tmp_path))
     (x,) = seen
@@ -595,7 +589,7 @@ def test_the_subcommand_attacks_the_inputs_the_model_is_trained_on(tmp_path, mon
     assert rows[1]["objective_pgd"] > rows[1]["objective_clean"]
     with Image.open(tmp_path / "examples.png") as image:  # clean, adversarial, both reconstructions
         assert image.size == (2 + 8 * 30, 2 + 4 * 30)
-    shown = robustness.example_rows(vae, x[:3], None, 0.2, steps=2, objective="target_reconstruction")
+    shown = example_rows(vae, x[:3], None, 0.2, steps=2, objective="target_reconstruction")
     assert list(shown) == [
         "clean",
         "adversarial",

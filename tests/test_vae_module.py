@@ -18,7 +18,7 @@ from lit_genai.data.binarize import binarize
 from lit_genai.errors import ConfigError
 from lit_genai.nn.vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lit_genai.vae import VAE
-from lit_genai.vae.module import SAMPLING_OPTIONS
+from lit_genai.vae.module import EVALUATION_SETTINGS, VAESampling
 
 
 def small_vae(latent_dim=8, num_classes=0, **kwargs) -> VAE:
@@ -298,6 +298,36 @@ def test_samples_are_images_reproducible_and_drawn_from_the_likelihood(likelihoo
         assert torch.allclose(k, k.round(), atol=1e-3)
 
 
+def test_temperature_scales_z_and_zero_gives_the_image_of_the_origin():
+    model = small_vae()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    z = torch.randn((4, 8), generator=g())  # the prior draw of sample()
+    with torch.no_grad():
+        origin = model.decode(torch.zeros(1, 8))  # (1, 1, 28, 28)
+        assert torch.allclose(model.sample(4, generator=g()), model.decode(z), atol=1e-6)
+        half = model.sample(4, generator=g(), temperature=0.5)
+        assert torch.allclose(half, model.decode(0.5 * z), atol=1e-6)  # z = temperature * N(0, I)
+    zero = model.sample(4, generator=g(), temperature=0.0)
+    assert torch.allclose(zero, origin.expand(4, -1, -1, -1), atol=1e-6)  # every sample: the decoder at z = 0
+    model.sampling = model.sampling.replace(temperature=0.5)  # the module's setting, used by predict
+    assert torch.equal(model.sample(4, generator=g()), half)
+
+
+def test_mean_false_draws_pixels_from_the_decoders_bernoulli():
+    model = small_vae()
+    model.sampling = model.sampling.replace(mean=False, temperature=0.0)  # z = 0: one p(x|z) for all
+    drawn = model.sample(4000, generator=torch.Generator().manual_seed(0))  # (4000, 1, 28, 28) in {-1, 1}
+    assert set(drawn.unique().tolist()) == {-1.0, 1.0} and not torch.equal(drawn[0], drawn[1])
+    with torch.no_grad():
+        mean = model.decode(torch.zeros(1, 8))[0]  # 2 p - 1 per pixel
+    assert torch.allclose(drawn.mean(0), mean, atol=0.1)  # E[x] = 2 p - 1; 4000 draws: sd <= 0.016
+    # one generator per sample: sample i draws its z and its pixels from generator i alone
+    rows = model.sample(6, generator=paradigm.sample_generators(3, range(6)), temperature=1.0)
+    assert torch.equal(
+        rows[4:], model.sample(2, generator=paradigm.sample_generators(3, [4, 5]), temperature=1.0)
+    )
+
+
 class RecordingDecoder(MLPDecoder):
     def forward(self, z, y=None):
         self.labels = y
@@ -363,12 +393,17 @@ def test_settings_that_do_not_fit_are_one_line_errors():
 
 
 def test_inference_settings_are_kept_out_of_the_hyperparameters():
-    model = small_vae(test_importance_samples=7)
-    assert not set(SAMPLING_OPTIONS) & set(model.hparams)
+    model = small_vae(test_importance_samples=7, sampling=VAESampling(mean=False, temperature=0.7))
+    assert "sampling" not in model.hparams and not set(VAESampling.names()) & set(model.hparams)
+    assert not set(EVALUATION_SETTINGS) & set(model.hparams)  # evaluation settings: init args, not saved
     assert {"encoder", "decoder", "optimizer"}.isdisjoint(model.hparams)  # objects are not config
-    assert (
-        model.hparams.likelihood == "bernoulli" and model.sampling_settings()["test_importance_samples"] == 7
-    )
+    assert model.hparams.likelihood == "bernoulli" and model.test_importance_samples == 7
+    assert model.sampling_settings() == {"mean": False, "temperature": 0.7}  # the sampling settings only
+    assert model.sampling_settings(temperature=1.0) == {"mean": False, "temperature": 1.0}
+    with pytest.raises(
+        ConfigError, match="unknown sampling option.* sample_mean .*the options are: mean, temperature"
+    ):
+        model.sample(1, sample_mean=True)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])

@@ -32,7 +32,8 @@ class TextToyModel(L.LightningModule):
 
     modality = "text"
     ema_target = None
-    sampling_options: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+    sampling = paradigm.NoSettings()
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -116,7 +117,8 @@ class AudioToyModel(L.LightningModule):
 
     modality = "audio"
     ema_target = None
-    sampling_options: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+    sampling = paradigm.NoSettings()
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 

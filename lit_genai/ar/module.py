@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from lit_genai import paradigm
 from lit_genai.ar.sampling import generate, generate_in_place
+from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.metrics.likelihood import bits_per_dim, perplexity
@@ -54,11 +56,33 @@ from lit_genai.token_models import (  # noqa: F401  (nanogpt_lr & co. are also i
     parameter_groups,
 )
 
-# Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
-# command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
-SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "prompt", "class_label")
-
 Prompt = Union[str, Sequence[int], Tensor, None]
+
+
+@dataclass(frozen=True)
+class NextTokenSampling(paradigm.SamplingSettings):
+    """Inference-time settings of next-token sampling (docs/architecture.md, "Sampling settings").
+
+    Args:
+        max_new_tokens: Tokens ``sample`` generates after the prompt (nets with ``target_offset``
+            0, PixelCNN, fill their ``block_size`` positions and ignore it).
+        temperature: Softmax temperature of sampling (0 = greedy).
+        top_k: Sample among the k most likely tokens only (None = all).
+        top_p: Nucleus sampling: among the smallest set of tokens with probability >= p (None = off).
+        prompt: What every sample starts with: text (encoded with the module's ``vocabulary``;
+            without a vocabulary, token ids separated by spaces or commas), or token ids. None: a
+            newline when the vocabulary has one, else token 0.
+        class_label: Condition every sample on this class: its name in ``class_names`` or its
+            index (a class-conditional net only). None: ``predict`` cycles through the classes
+            (sample i gets class i mod num_classes) and ``sample`` uses the given ``cond``.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    prompt: Optional[Union[str, list[int]]] = None  # sample(prompt=...) also takes a tensor of ids
+    class_label: Optional[Union[str, int]] = None
 
 
 # ---------------------------------------------------------------------- the module
@@ -82,8 +106,9 @@ class NextToken(TokenTraining, LightningModule):
             data, so a checkpoint encodes prompts and decodes samples without the data on disk.
         modality: Which media route the samples take: token ids of ``text``, or of quantised
             ``audio`` / ``image`` data (decoded by the data module).
-        p_uncond: Probability of replacing a training label by the null label (classifier-free
-            guidance, Ho & Salimans 2022); only for a class-conditional net.
+        p_uncond: Probability of replacing a training condition by its null value (classifier-free
+            guidance, Ho & Salimans 2022; ``label``: the null label), one for every condition the
+            model uses or one per name (``{label: 0.1}``); only for a conditional net.
         optimizer: Optimiser of the network, built on two parameter groups (``weight_decay``):
             nanoGPT's AdamW, lr 6e-4 with betas (0.9, 0.95) for GPT-2, (0.9, 0.99) for Shakespeare.
         weight_decay: Weight decay of the parameters with two or more dimensions except embeddings
@@ -97,21 +122,11 @@ class NextToken(TokenTraining, LightningModule):
             compiled wrapper is kept outside the module tree, so checkpoint keys stay ``net.*``.
         init_from: A lit_genai checkpoint whose ``net.*`` weights are loaded before training
             (fine-tuning); a resumed run (``--ckpt_path``) continues from its own weights instead.
-        max_new_tokens: Tokens ``sample`` generates after the prompt.
-        temperature: Softmax temperature of sampling (0 = greedy).
-        top_k: Sample among the k most likely tokens only (None = all).
-        top_p: Nucleus sampling: among the smallest set of tokens with probability >= p (None = off).
-        prompt: Text every sample starts with (encoded with ``vocabulary``; without a vocabulary,
-            token ids separated by spaces or commas). None: a newline when the vocabulary has one,
-            else token 0.
-        class_label: Condition every sample on this class: its name in ``class_names`` or its
-            index (a class-conditional net only). None: ``predict`` cycles through the classes
-            (sample i gets class i mod num_classes) and ``sample`` uses the given ``cond``.
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
+        sampling: Inference-time settings (``NextTokenSampling``); kept out of checkpoints.
     """
 
     ema_target = "net"
-    sampling_options = SAMPLING_OPTIONS
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -124,7 +139,7 @@ class NextToken(TokenTraining, LightningModule):
         class_names: Optional[list[str]] = None,
         vocabulary: Optional[list[str]] = None,
         modality: Literal["text", "audio", "image"] = "text",
-        p_uncond: float = 0.0,
+        p_uncond: DropoutProbability = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         weight_decay: float = 0.1,
         warmup_steps: int = 0,
@@ -132,24 +147,22 @@ class NextToken(TokenTraining, LightningModule):
         min_lr: Optional[float] = None,
         compile: bool = False,
         init_from: Optional[str] = None,
-        max_new_tokens: int = 256,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        prompt: Optional[str] = None,
-        class_label: Optional[str] = None,
         seed: int = 0,
+        sampling: NextTokenSampling = NextTokenSampling(),
     ) -> None:
         super().__init__()
-        save_plain_hyperparameters(self, objects=("net", "optimizer"), ignore=SAMPLING_OPTIONS)
+        save_plain_hyperparameters(self, objects=("net", "optimizer"))
         self.net = net
         self.modality = modality
         self.vocab_size, self.block_size = vocab_size, block_size
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
         self.optimizer = optimizer
-        self.max_new_tokens, self.temperature, self.prompt = max_new_tokens, temperature, prompt
-        self.top_k, self.top_p, self.class_label = top_k, top_p, class_label
+        self.sampling = sampling
+        # label (a class-conditional net), mels (a net with local conditioning: a WaveNet vocoder)
+        local = ("mels",) if int(getattr(net, "local_channels", 0) or 0) > 0 else ()
+        self.conditions = (*paradigm.conditions_of(self.num_classes), *local)
+        self._dropout = condition_dropout(p_uncond, paradigm.conditions_of(self.num_classes), "model")
         self.class_names = list(class_names) if class_names is not None else None
         paradigm.check_net(net, "model.net", vocab_size=vocab_size, num_classes=num_classes)
         context = getattr(net, "block_size", None)
@@ -187,10 +200,7 @@ class NextToken(TokenTraining, LightningModule):
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         x, y, c, local = self._unpack(batch)  # (B, T), (B, T), (B,) or None, (B, C, frames) or None
-        if c is not None and self.hparams.p_uncond > 0:
-            # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-            u = paradigm.this_rank(lambda n: torch.rand(n, device=c.device), c.shape[0], self._trainer)
-            c = torch.where(u < self.hparams.p_uncond, torch.full_like(c, self.num_classes), c)
+        c = drop_labels(c, self._dropout, self.num_classes, self._trainer)  # classifier-free guidance
         loss = self._token_nll(x, y, c, local).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -217,68 +227,57 @@ class NextToken(TokenTraining, LightningModule):
         self,
         n: int,
         *,
-        cond: Optional[Tensor] = None,
+        cond: Cond = None,
         generator: paradigm.Generators = None,
-        prompt: Prompt = None,
-        max_new_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        class_label: Optional[str] = None,
-        local: Optional[Tensor] = None,
         progress: bool = False,
+        **options: Any,
     ) -> Tensor:
         """Draw ``n`` sequences: token ids (n, T0 + max_new_tokens), the prompt's T0 tokens first;
         for a net with ``target_offset = 0`` (PixelCNN), (n, block_size): every position of a
         sequence (an image), after the prompt's tokens if one is given.
 
-        ``prompt``: text (encoded with the vocabulary), token ids, or None for the module's
-        ``prompt`` setting. ``cond`` (n,) labels of a class-conditional model (None: the null
-        label). The same ``generator`` seed gives the same sequences; it may also be one generator
-        per sample (``paradigm.sample_generators``). Options default to the module's settings.
-        ``local`` (n, C, frames): local conditioning features covering the prompt and the new
-        tokens (a WaveNet vocoder's log-mel frames), for a net that takes them. ``progress`` shows
-        a bar over the new tokens.
+        ``cond``: named conditions (``lit_genai.conditions``): ``label`` (n,) of a class-conditional
+        model (None: the null label; a bare tensor means labels), ``mels`` (n, C, frames) local
+        features covering the prompt and the new tokens (a WaveNet vocoder's log-mel frames).
+        ``options``: ``NextTokenSampling`` fields (``prompt``: text through the vocabulary or
+        token ids; ``temperature``, ``top_k``, ...), defaulting to ``self.sampling``. The same
+        ``generator`` seed gives the same sequences; it may also be one generator per sample
+        (``paradigm.sample_generators``). ``progress`` shows a bar over the new tokens.
         """
-        label = self.class_label if class_label is None else class_label
-        if label is not None:  # one class for every sample, by name or index
-            cond = torch.full((n,), self.class_index(label), device=self.device)
+        settings = self.sampling.replace(**options)
+        conditions = as_conditions(cond, self.conditions, f"{type(self).__name__}.sample()")
+        labels, local = conditions.get("label"), conditions.get("mels")
+        if settings.class_label is not None:  # one class for every sample, by name or index
+            labels = torch.full((n,), self.class_index(settings.class_label), device=self.device)
         if self.num_classes > 0:
-            cond = torch.full((n,), self.num_classes, device=self.device) if cond is None else cond
-            cond = cond.to(self.device, torch.long)
-        else:
-            cond = None
-        temperature = self.temperature if temperature is None else temperature
-        top_k, top_p = (self.top_k if top_k is None else top_k), (self.top_p if top_p is None else top_p)
+            labels = torch.full((n,), self.num_classes, device=self.device) if labels is None else labels
+            labels = labels.to(self.device, torch.long)
+        draw = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+        prompt = settings.prompt
         if self.target_offset == 0:  # fill all block_size positions in order, the prompt's first
-            prompt = self.prompt if prompt is None else prompt
             return generate_in_place(
                 self.net,
                 n,
                 self.block_size,
                 prompt=None if prompt is None or prompt == "" else self.encode(prompt),
-                cond=cond,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
+                cond=labels,
                 generator=generator,
                 device=self.device,
                 progress=progress,
+                **draw,
             )  # (n, block_size)
-        start = self.encode(self.prompt if prompt is None else prompt).to(self.device)  # (T0,)
+        start = self.encode(prompt).to(self.device)  # (T0,)
         idx = start.unsqueeze(0).expand(n, -1).contiguous()  # (n, T0)
         with paradigm.eval_mode(self.net):
             return generate(
                 self.net,
                 idx,
-                self.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                cond=cond,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
+                settings.max_new_tokens,
+                cond=labels,
                 generator=generator,
                 local=None if local is None else local.to(self.device),
                 progress=progress,
+                **draw,
             )  # (n, T0 + max_new_tokens)
 
     def class_index(self, label: Union[str, int]) -> int:
@@ -286,7 +285,7 @@ class NextToken(TokenTraining, LightningModule):
         for an unconditional model or an unknown class."""
         if self.num_classes == 0:
             raise ConfigError(
-                f"model.class_label={label!r} but the model is unconditional: train with "
+                f"model.sampling.class_label={label!r} but the model is unconditional: train with "
                 "data.init_args.labels true and a class-conditional net (model.net.init_args.num_classes)"
             )
         if isinstance(label, str) and self.class_names is not None and label in self.class_names:
@@ -298,7 +297,7 @@ class NextToken(TokenTraining, LightningModule):
         known = (
             ", ".join(self.class_names[:8]) + ", ..." if self.class_names else f"0 .. {self.num_classes - 1}"
         )
-        raise ConfigError(f"model.class_label={label!r} is not one of the model's classes ({known})")
+        raise ConfigError(f"model.sampling.class_label={label!r} is not one of the model's classes ({known})")
 
     def encode(self, prompt: Prompt) -> Tensor:
         """A prompt as token ids (T0,) int64: text through the vocabulary, ids as they are.
@@ -316,8 +315,8 @@ class NextToken(TokenTraining, LightningModule):
         if self.vocabulary is None:
             if not re.fullmatch(r"\s*\d+(\s*[,\s]\s*\d+)*\s*", prompt):
                 raise ConfigError(
-                    "model.prompt: a text prompt needs the vocabulary (model.vocabulary, linked from "
-                    "character-level data); without one give token ids, e.g. '0 5 7'"
+                    "model.sampling.prompt: a text prompt needs the vocabulary (model.vocabulary, "
+                    "linked from character-level data); without one give token ids, e.g. '0 5 7'"
                 )
             return torch.tensor([int(t) for t in re.findall(r"\d+", prompt)], dtype=torch.long)
         return torch.tensor(self._encode_text(prompt), dtype=torch.long)

@@ -25,6 +25,9 @@ test or predict), and copies the average over the training weights when fit ends
   module (from its own weights), not the old one.
 
 Buffers (e.g. BatchNorm running statistics) are copied, not averaged, as in StyleGAN/EDM.
+
+``load_for_evaluation`` loads a checkpoint's weights and then its EMA average into a module outside
+``Trainer.test`` (``lit-genai robustness``, benchmarks), as this callback's test-time swap would.
 """
 
 from __future__ import annotations
@@ -263,6 +266,39 @@ class EMA(Callback):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+
+
+def load_for_evaluation(
+    model: pl.LightningModule,
+    ckpt_path: str,
+    trainer: Optional[pl.Trainer] = None,
+    *,
+    weights_only: bool = True,
+) -> bool:
+    """Load a ``lit-genai fit`` checkpoint into ``model`` as ``test`` would see it: the module's weights,
+    then the EMA average (stored as ``callbacks["EMA"]["shadow"]``, keyed like the target submodule's
+    state dict) unless ``trainer``'s EMA callback is disabled.
+
+    Args:
+        model: The module to load into (built with the checkpoint's hyperparameters).
+        ckpt_path: The checkpoint file.
+        trainer: Its EMA callback, if any, decides whether the average is loaded and into which submodule.
+        weights_only: ``torch.load(weights_only=...)``; False only for checkpoints you trust.
+
+    Returns:
+        Whether the EMA average was loaded.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=weights_only)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading)
+    shadow = (checkpoint.get("callbacks") or {}).get("EMA", {}).get("shadow")
+    emas = [c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, EMA)]
+    if not shadow or (emas and not emas[0].enabled):
+        return False
+    name = emas[0].target if emas and emas[0].target is not None else getattr(model, "ema_target", None)
+    target = model if name is None else model.get_submodule(name)
+    target.load_state_dict(shadow)
+    return True
 
 
 class _TrainingWeightsHook:

@@ -2,15 +2,16 @@
 
 Generates images with the module's ``sample()`` (under EMA weights: this runs inside validation /
 test, where the EMA callback has swapped the average in), quantises them to uint8 like real images,
-and computes FID / KID / IS / precision / recall (``lit_genai.metrics.fid.QualityMetrics``) against
+and computes FID / KID / IS / precision / recall (``lit_genai.metrics.quality.QualityMetrics``) against
 cached features of real images, with the extractor's name in every key (``val/fid_mnist``). For a
 class-conditional model whose classes the extractor's classifier knows, it also reports
 ``<stage>/cond_acc_<extractor>``: the share of samples classified as the class they were drawn for.
 
-It reads only the generative-module contract (``lit_genai.paradigm``, docs/architecture.md):
-``is_generative`` and ``modality`` (image modules are evaluated, others are skipped for now),
-``sample``, ``num_classes`` and ``sampling_settings()`` for the protocol; whether EMA weights are
-swapped in comes from the trainer's callbacks. A model of image tokens or pixels (``sample`` gives
+It reads the module only through the generative-module contract (``lit_genai.paradigm``,
+docs/architecture.md): ``is_generative`` and ``modality`` (image modules are evaluated, others are
+skipped for now), ``sample``, ``num_classes`` and ``sampling_settings(**sampling)`` for the protocol,
+plus the optional ``likelihood_protocol()`` of a likelihood model for the test JSON; whether EMA
+weights are swapped in comes from the trainer's callbacks. A model of image tokens or pixels (``sample`` gives
 integer ids) is scored on the images its data module's ``decode`` makes of them, against the real
 images of the image data module it wraps (``images``). The real-feature cache is keyed on the data module's
 ``identity()``, so another seed, split or folder never reuses the features of the first.
@@ -47,9 +48,10 @@ from lit_genai import paradigm
 from lit_genai.callbacks.samples import run_dir
 from lit_genai.media import to_uint8
 from lit_genai.metrics.cache import real_features
-from lit_genai.metrics.classifier import accuracy, train_classifier
+from lit_genai.metrics.classifier.cas import accuracy, train_classifier
 from lit_genai.metrics.features import get_extractor
-from lit_genai.metrics.fid import METRICS, MetricName, QualityMetrics
+from lit_genai.metrics.gather import gather_labelled
+from lit_genai.metrics.quality import METRICS, MetricName, QualityMetrics
 
 
 class Evaluation(Callback):
@@ -74,8 +76,9 @@ class Evaluation(Callback):
         batch_size: Images generated per ``sample()`` call.
         seed: Base seed of the generated images: sample i uses the generator seed + i on any rank.
         cache_dir: Folder of cached real features (default ``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``).
-        sampler_options: Extra keyword arguments for ``sample()`` (e.g. ``{steps: 50}``), recorded in
-            the protocol.
+        sampling: Sampling settings for the evaluation's ``sample()`` calls, by the module's own
+            names (e.g. ``{steps: 50}``), over the module's ``sampling``; the protocol records the
+            settings used (``sampling_settings(**sampling)``), each once.
         cas: Also report the Classification Accuracy Score of a class-conditional model (Ravuri &
             Vinyals 2019) as ``<stage>/cas``: a ``DomainClassifier`` trained on the generated images
             and their labels, tested on the real test split (compare with the same classifier
@@ -97,7 +100,7 @@ class Evaluation(Callback):
         batch_size: int = 250,
         seed: int = 0,
         cache_dir: Optional[str] = None,
-        sampler_options: Optional[dict[str, Any]] = None,
+        sampling: Optional[dict[str, Any]] = None,
         cas: bool = False,
         cas_epochs: int = 15,
     ) -> None:
@@ -112,7 +115,7 @@ class Evaluation(Callback):
         self.batch_size = batch_size
         self.seed = seed
         self.cache_dir = cache_dir
-        self.sampler_options = dict(sampler_options or {})
+        self.sampling = dict(sampling or {})
         self.cas = cas
         self.cas_epochs = cas_epochs
         self._quality: Optional[QualityMetrics] = None  # built lazily; kept out of the module's checkpoints
@@ -194,7 +197,7 @@ class Evaluation(Callback):
             cond = None
             if num_classes > 0:  # balanced classes over the global sample index
                 cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
-            samples = pl_module.sample(n, cond=cond, generator=generator, **self.sampler_options)
+            samples = pl_module.sample(n, cond=cond, generator=generator, **self.sampling)
             images = to_uint8(samples) if samples.is_floating_point() else token_data.decode(samples)
             quality.update_fake(images, labels=cond if quality.conditional else None)  # (n, C, H, W)
             if self.cas and cond is not None:
@@ -229,17 +232,15 @@ class Evaluation(Callback):
         num_classes: int,
     ) -> dict[str, float]:
         """Train on generated (all ranks' images, gathered), test on the real test split."""
-        x = torch.cat([images for images, _ in kept]).to(pl_module.device)  # (n, C, H, W) uint8
-        y = torch.cat([labels for _, labels in kept]).to(pl_module.device)  # (n,)
-        if trainer.world_size > 1:  # every rank trains the same classifier on the same data
-            x = pl_module.all_gather(x).flatten(0, 1)  # (world * n, C, H, W)
-            y = pl_module.all_gather(y).flatten(0, 1)
         datamodule = _image_data(trainer.datamodule)
         if getattr(datamodule, "test_set", None) is None:
             datamodule.setup("test")
         test_x, test_y = (
             torch.stack(t) for t in zip(*datamodule.test_set, strict=True)
         )  # (N, C, H, W), (N,)
+        # Every rank trains the same classifier on the same data. Ranks hold unequal shares (334 / 334 /
+        # 332 of 1,000 on 3 ranks) or none (more ranks than batches): gather_labelled pads and trims.
+        x, y = gather_labelled(kept, test_x.shape[1:], pl_module.device)  # (n, C, H, W) uint8, (n,)
         train_x, train_y = (
             torch.stack(t)
             for t in zip(
@@ -314,9 +315,10 @@ class Evaluation(Callback):
         )
 
     def _sampler_settings(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """The module's ``sampling_settings()``, overridden by ``sampler_options``, with seed and EMA."""
-        settings = dict(pl_module.sampling_settings())
-        settings.update(self.sampler_options, seed=self.seed, ema=_ema_active(trainer))
+        """The settings the ``sample()`` calls use (the module's, with ``sampling`` applied), the seed and
+        whether EMA weights are swapped in."""
+        settings = dict(pl_module.sampling_settings(**self.sampling))
+        settings.update(seed=self.seed, ema=_ema_active(trainer))
         return settings
 
 

@@ -1,25 +1,26 @@
 """Pictures of an autoencoder's latent space during fit: reconstructions, interpolations, traversals.
 
-For any module keeping the autoencoder contract (docs/architecture.md: ``encode``, ``decode``,
-``latent_space``; the VAE, the KL autoencoder, the VQ-VAE), after every ``every_n_epochs``-th
-validation epoch (so under EMA weights when the EMA callback is on, and in eval mode), from the same
-real images each time (``num_images`` of the first validation batches, picked by a seeded
-permutation and kept):
+For any module keeping the ``lit_genai.paradigm.Autoencoder`` protocol (docs/architecture.md,
+"Autoencoders": the VAE, the KL autoencoder, the VQ-VAE), read through that protocol's members only,
+after every ``every_n_epochs``-th validation epoch and the last one (``lit_genai.callbacks.epochs``:
+so under EMA weights when the EMA callback is on, and in eval mode), from the same real images each
+time (``num_images`` of the first validation batches, picked by a seeded permutation and kept):
 
 - ``reconstructions``: the originals (top row) above their reconstructions ``decode(encode(x))``;
 - ``interpolations`` (continuous latents only, any latent shape): for consecutive pairs of the
   images, the original a, decodings of (1 - t) z_a + t z_b for ``interpolation_steps`` values of t
   in [0, 1] (linear, as Kingma & Welling 2014 / Bowman et al. 2016 show), then the original b;
-- ``traversals`` (vector latents (B, D) only): the first image's code with one latent dimension
-  moved over [-range, +range] around its value, one row per dimension, for the
+- ``traversals`` (vector latents only, ``latent_shape`` (D,)): the first image's code with one
+  latent dimension moved over [-range, +range] around its value, one row per dimension, for the
   ``traversal_dims`` dimensions whose posterior means vary most over the images (the active units
   of Burda et al. 2016, sec. 5.2; beta-VAE's traversal plots, Higgins et al. 2017).
 
-A conditional model encodes and decodes with the images' labels; an interpolation row and the
-traversal rows use the label of their first image. Images go through the data module's ``decode``
-and ``lit_genai.callbacks.media`` (W&B and TensorBoard, keys ``latents/<kind>``) and are written as
-``<run folder>/latents/<kind>_epoch=NNNN-step=NNNNNN.png``. Modules without the contract are
-skipped silently.
+The images' labels go to ``encode`` and ``decode`` as the protocol's ``y`` (a conditional model uses
+them, the others ignore them); an interpolation row and the traversal rows use the label of their
+first image. Images go through the data module's ``decode`` and ``lit_genai.media`` (W&B and
+TensorBoard, keys ``latents/<kind>``) and are written as
+``<run folder>/latents/<kind>_epoch=NNNN-step=NNNNNN.png``. Modules that do not keep the protocol
+are skipped silently.
 
 Shape legend: N images, C/H/W image, D latent dimensions, S steps.
 """
@@ -35,20 +36,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lit_genai import paradigm
-from lit_genai.callbacks import media
+from lit_genai import media, paradigm
+from lit_genai.callbacks.epochs import should_draw
 from lit_genai.callbacks.samples import run_dir
 
 KINDS = ("reconstructions", "interpolations", "traversals")
-
-
-def has_autoencoder_contract(module: Any) -> bool:
-    """Whether ``module`` has ``encode``, ``decode`` and a known ``latent_space``."""
-    return (
-        callable(getattr(module, "encode", None))
-        and callable(getattr(module, "decode", None))
-        and getattr(module, "latent_space", None) in ("continuous", "discrete")
-    )
 
 
 class LatentGrids(Callback):
@@ -99,7 +91,7 @@ class LatentGrids(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.every_n_epochs <= 0 or not has_autoencoder_contract(pl_module) or dataloader_idx != 0:
+        if self.every_n_epochs <= 0 or not paradigm.is_autoencoder(pl_module) or dataloader_idx != 0:
             return
         have = 0 if self._images is None else len(self._images)
         if have >= self.num_images or not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -112,30 +104,28 @@ class LatentGrids(Callback):
         self._labels = y if self._labels is None else torch.cat([self._labels, y])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or self._images is None:
+        if self._images is None or not paradigm.is_autoencoder(pl_module):
             return
-        if not has_autoencoder_contract(pl_module):
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_validation(trainer):
+        if should_draw(trainer, self.every_n_epochs):
             self.draw(trainer, pl_module)
 
     # ------------------------------------------------------------------ the grids
     @rank_zero_only
     @torch.no_grad()
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Path]:
-        """Make, write and log the grids; returns their paths by kind."""
+        """Make, write and log the grids of ``pl_module`` (an ``Autoencoder``); their paths by kind."""
         device = pl_module.device
         x = self._images.to(device)  # (N, C, H, W)
-        conditional = getattr(pl_module, "num_classes", 0) > 0
-        y = self._labels.to(device) if conditional else None
+        y = self._labels.to(device) if self._labels is not None else None  # (N,)
+        continuous = pl_module.latent_space == "continuous"
         grids: dict[str, tuple[Tensor, int]] = {}  # kind -> (images in [-1, 1], per row)
         with paradigm.eval_mode(pl_module):
             z = pl_module.encode(x, y)  # (N, ...) latents
             recon = pl_module.decode(z, y)  # (N, C, H, W)
             grids["reconstructions"] = (torch.cat([x, recon.to(x)]), len(x))
-            if pl_module.latent_space == "continuous" and len(x) >= 2:
+            if continuous and len(x) >= 2:
                 grids["interpolations"] = self._interpolations(pl_module, x, z, y)
-            if pl_module.latent_space == "continuous" and z.ndim == 2 and self.traversal_dims > 0:
+            if continuous and len(pl_module.latent_shape) == 1 and self.traversal_dims > 0:
                 grids["traversals"] = self._traversals(pl_module, z, y)
         stamp = f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}"
         caption = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
@@ -176,13 +166,3 @@ class LatentGrids(Callback):
         labels = y[0].expand(k * steps) if y is not None else None
         images = pl_module.decode(codes.view(k * steps, -1), labels)  # (k S, C, H, W)
         return images, steps
-
-
-def _last_validation(trainer: pl.Trainer) -> bool:
-    """Whether training stops after this validation (so the final weights always get grids)."""
-    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
-    return (
-        trainer.should_stop
-        or (max_steps is not None and 0 < max_steps <= trainer.global_step)
-        or (max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
-    )

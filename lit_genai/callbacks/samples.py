@@ -3,8 +3,9 @@
 Modules never log media themselves (``docs/architecture.md``, "Generative modules" and "Media"):
 they keep the contract of ``lit_genai.paradigm`` (``sample``, ``modality``, ``num_classes``), the
 data module's ``decode`` turns samples into their medium, and these callbacks send the medium down
-its route in ``lit_genai.callbacks.media``: images, text or audio to the configured loggers (W&B,
-TensorBoard) and to files in the run folder.
+its route, ``lit_genai.media.ROUTES[module.modality]``: images, text or audio to the configured
+loggers (W&B, TensorBoard) and to files in the run folder. They never branch on the modality: what
+differs per medium (grid, listing or folder of clips) is the route's.
 
 Shape legend: B batch, C channels, H/W spatial, T time or tokens.
 """
@@ -21,8 +22,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
-from lit_genai import paradigm
-from lit_genai.callbacks import media
+from lit_genai import media, paradigm
+from lit_genai.callbacks.epochs import should_draw
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -33,6 +34,12 @@ def run_dir(trainer: pl.Trainer) -> Path:
 def class_labels(n: int, num_classes: int, device: torch.device) -> Optional[Tensor]:
     """(n,) labels cycling through the classes (a grid row per class when n = k * num_classes), or None."""
     return torch.arange(n, device=device) % num_classes if num_classes > 0 else None
+
+
+def grid_rows(nrow: Optional[int], num_classes: int) -> Optional[int]:
+    """Images per grid row: ``nrow`` if set, else one column per class (the labels cycle), else None
+    (a square grid)."""
+    return nrow or (num_classes if num_classes > 0 else None)
 
 
 class SampleLogger(Callback):
@@ -63,9 +70,7 @@ class SampleLogger(Callback):
         self.last_path: Optional[Path] = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs <= 0 or not paradigm.is_generative(pl_module):
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or _last_validation(trainer):
+        if paradigm.is_generative(pl_module) and should_draw(trainer, self.every_n_epochs):
             self._draw(trainer, pl_module)
 
     @rank_zero_only
@@ -75,31 +80,13 @@ class SampleLogger(Callback):
         cond = class_labels(self.num_samples, num_classes, pl_module.device)
         samples = pl_module.sample(self.num_samples, cond=cond, generator=generator)
         decoded = media.to_media(trainer.datamodule, pl_module.modality, samples)
+        route = media.ROUTES[pl_module.modality]
         stamp = f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}"
-        stem = run_dir(trainer) / "samples" / stamp
         caption = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        nrow = grid_rows(self.nrow, num_classes)
         names = media.sample_names(range(len(decoded)))
-        if pl_module.modality == "image":
-            nrow = self.nrow or (num_classes if num_classes > 0 else None)
-            self.last_path = media.write_image_grid(stem.with_suffix(".png"), decoded, nrow)
-            media.log_images(trainer, "samples", decoded, caption=caption, nrow=nrow)
-        elif pl_module.modality == "text":
-            self.last_path = media.write_text_listing(stem.with_suffix(".txt"), names, decoded)
-            media.log_text(trainer, "samples", decoded, caption=caption)
-        else:  # audio
-            media.write_audio(stem, names, decoded)
-            self.last_path = stem
-            media.log_audio(trainer, "samples", decoded, caption=caption)
-
-
-def _last_validation(trainer: pl.Trainer) -> bool:
-    """Whether training stops after this validation (so the final weights always get samples)."""
-    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
-    return (
-        trainer.should_stop
-        or (max_steps is not None and 0 < max_steps <= trainer.global_step)
-        or (max_epochs is not None and 0 < max_epochs <= trainer.current_epoch + 1)
-    )
+        self.last_path = route.write_all(run_dir(trainer) / "samples" / stamp, names, decoded, nrow)
+        route.log(trainer, "samples", decoded, caption=caption, nrow=nrow)
 
 
 class SampleWriter(BasePredictionWriter):
@@ -125,7 +112,7 @@ class SampleWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.grid = grid
         self.nrow = nrow
-        self._media: list[Any] = []  # per batch: uint8 images or list[str] (audio is not kept)
+        self._media: list[Any] = []  # per batch, for routes with a summary file (not audio)
         self._names: list[str] = []
         self.written: list[Path] = []
 
@@ -149,13 +136,11 @@ class SampleWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        modality = pl_module.modality
-        decoded = media.to_media(trainer.datamodule, modality, prediction)
+        decoded = media.to_media(trainer.datamodule, pl_module.modality, prediction)
+        route = media.ROUTES[pl_module.modality]
         names = media.sample_names(batch.tolist())
-        out = self.resolve_dir(trainer)
-        write = {"image": media.write_images, "text": media.write_text, "audio": media.write_audio}[modality]
-        self.written.extend(write(out, names, decoded))
-        if modality != "audio":
+        self.written.extend(route.write(self.resolve_dir(trainer), names, decoded))
+        if route.summary is not None:  # kept for the one summary file at the end
             self._media.append(decoded)
             self._names.extend(names)
 
@@ -163,13 +148,10 @@ class SampleWriter(BasePredictionWriter):
         if not self.written:
             return
         out = self.resolve_dir(trainer)
+        route = media.ROUTES[pl_module.modality]
         summary = ""
-        if self.grid and self._media and trainer.is_global_zero:
-            if pl_module.modality == "image":
-                num_classes = getattr(pl_module, "num_classes", 0)
-                nrow = self.nrow or (num_classes if num_classes > 0 else None)
-                summary = media.write_image_grid(out / "grid.png", torch.cat(self._media), nrow).name
-            else:
-                texts = [text for batch in self._media for text in batch]
-                summary = media.write_text_listing(out / "samples.txt", self._names, texts).name
+        if self.grid and self._media and route.summary is not None and trainer.is_global_zero:
+            nrow = grid_rows(self.nrow, getattr(pl_module, "num_classes", 0))
+            joined = route.join(self._media)
+            summary = route.write_all(out / route.summary, self._names, joined, nrow).name
         rank_zero_info(f"Wrote {len(self.written)} samples{' and ' + summary if summary else ''} to {out}")

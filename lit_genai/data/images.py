@@ -127,7 +127,7 @@ class ImageDataModule(L.LightningDataModule):
         return out
 
     def decode(self, x: Tensor) -> Tensor:
-        """The image medium (``lit_genai.callbacks.media``): (B, C, H, W) in [-1, 1] -> uint8 pixels
+        """The image medium (``lit_genai.media``): (B, C, H, W) in [-1, 1] -> uint8 pixels
         in [0, 255], same shape and device."""
         return to_uint8(x.detach())
 

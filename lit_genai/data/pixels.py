@@ -38,9 +38,9 @@ from torch.utils.data import Dataset
 
 from lit_genai.data.binarize import MODES, binarize
 from lit_genai.data.images import ImageDataModule
-from lit_genai.media import to_uint8
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
 from lit_genai.paradigm import this_rank
 
 _KEY = "data.init_args"

@@ -49,7 +49,7 @@ validation windows. Windows never cross a document boundary (char and byte token
 Batches (docs/architecture.md, "Batches"): ``(x, y)`` int64 (B, T) with T = block_size and
 y = x shifted by one token; with ``labels`` ``(x, y, c)``, c (B,) int64 the index of the window's
 file (sorted names). ``predict_dataloader`` yields (B,) int64 sample indices as the image modules do;
-``decode`` gives a list of strings: the text media route (``lit_genai.callbacks.media``).
+``decode`` gives a list of strings: the text media route (``lit_genai.media``).
 
 Shapes: B batch, T block_size tokens, N tokens of a corpus.
 """
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +70,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lit_genai.atomic import atomic_file
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError, DataNotFoundError
 
@@ -373,18 +373,17 @@ class CharText(SplitLoaders, L.LightningDataModule):
     def _download(self, file: Path) -> None:
         """Fetch Tiny Shakespeare into ``file`` (written to a temporary name, then renamed: readers
         and concurrent downloads see the whole file or none)."""
-        file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
         try:
-            with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=60) as response:
-                partial.write_bytes(response.read())
+            with (
+                urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=60) as response,
+                atomic_file(file) as out,
+            ):
+                out.write(response.read())
         except OSError as err:  # URLError (no network) and HTTPError are OSErrors
-            partial.unlink(missing_ok=True)
             raise DataNotFoundError(
                 f"Downloading Tiny Shakespeare into {str(file)!r} failed ({err}). Without internet, fetch "
                 f"{TINY_SHAKESPEARE_URL} elsewhere and pass --data.path to it (or put it at {str(file)!r})."
             ) from err
-        os.replace(partial, file)
 
     def prepare_data(self) -> None:
         if self.name == "tiny_shakespeare" and self.download and self.path is None:
@@ -420,20 +419,13 @@ class CharText(SplitLoaders, L.LightningDataModule):
         file = self._cache_folder() / f"{self._digest}.bin"
         if file.is_file():
             return file
-        file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
         documents = self.documents
         if documents is None:  # files, read one at a time
             documents = (self._read_file(Path(name)) for name in self.files)
-        try:
-            with open(partial, "wb") as out:
-                for document in documents:
-                    ids = [*self._encoding.encode_ordinary(document), self._encoding.eot_token]
-                    np.asarray(ids, dtype=np.uint16).tofile(out)  # (N_d + 1,)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        os.replace(partial, file)  # readers see the whole file or none
+        with atomic_file(file) as out:  # readers see the whole file or none
+            for document in documents:
+                ids = [*self._encoding.encode_ordinary(document), self._encoding.eot_token]
+                np.asarray(ids, dtype=np.uint16).tofile(out)  # (N_d + 1,)
         return file
 
     # ------------------------------------------------------------------ tokens

@@ -9,7 +9,7 @@ Batches (docs/architecture.md, "Batches"): ``(tokens, labels)``, tokens (B, h*w)
 order (row by row of the h x w grid), labels (B,) int64 (the images' classes, 0 for unlabelled
 data). ``predict_dataloader`` yields (B,) int64 sample indices as the image modules do, and
 ``decode(tokens)`` turns sampled ids into uint8 images (B, C, H, W) through the tokenizer's
-decoder, so samples take the image media route (``lit_genai.callbacks.media``).
+decoder, so samples take the image media route (``lit_genai.media``).
 
 What the model must know is set in ``__init__`` (the command line links it): ``vocab_size`` (the
 codebook size K), ``block_size`` (h*w tokens per image) and ``num_classes`` (from the images);
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,10 +31,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lit_genai.atomic import atomic_file
 from lit_genai.data.images import ImageDataModule
-from lit_genai.media import to_uint8
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
+from lit_genai.media import to_uint8
 from lit_genai.paradigm import eval_mode
 from lit_genai.pretrained import load_pretrained
 from lit_genai.vae.vqvae import VQVAE
@@ -191,9 +191,7 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
 
     def _write_cache(self, cached: dict[str, tuple[Tensor, Tensor]]) -> None:
         path = self.cache_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save(cached, partial)
-        os.replace(partial, path)  # atomic: a reader sees the whole file or none
+        with atomic_file(path) as out:  # a reader sees the whole file or none
+            torch.save(cached, out)
         sizes = ", ".join(f"{split} {len(t)}" for split, (t, _) in cached.items())
         rank_zero_info(f"ImageTokens: encoded {sizes} images into {path}")

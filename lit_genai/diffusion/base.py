@@ -7,11 +7,14 @@ network's target and the samplers. ``DenoisingModule`` holds the rest (docs/arch
 "Generative modules"):
 
 - the network, the data it models (``sample_shape``, ``num_classes``) and ``paradigm.check_net``;
+- the sampling settings (``sampling``, a subclass's ``SamplingSettings``) and the conditions;
 - classifier-free guidance (Ho & Salimans 2022): label dropout in training (``p_uncond``,
-  Algorithm 1) and the guided model function (eq. 6), both branches in one batched pass;
-- the optimiser with a linear warm-up and an optional scheduler, stepped every step;
-- ``validation_step`` / ``test_step`` (a subclass's ``_evaluate``) with the noise fixed per batch
-  index, ``predict_step`` and ``sampling_settings`` (``paradigm``);
+  Algorithm 1, through ``conditions.drop_conditions``) and the guided model function (eq. 6), both
+  branches in one batched pass;
+- the optimiser with a linear warm-up and an optional scheduler, stepped every step
+  (``paradigm.optimizer_config``);
+- ``validation_step`` / ``test_step`` (a subclass's ``_evaluate``, whose noise comes from
+  ``paradigm.evaluation_generator``), ``predict_step`` and ``sampling_settings`` (``paradigm``);
 - latent space (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
   Models"): with ``autoencoder`` (a ``KLAutoencoder`` checkpoint) the network models the scaled
   latents of that frozen first stage (``latent.FirstStage``): batches are encoded before the loss,
@@ -19,8 +22,9 @@ network's target and the samplers. ``DenoisingModule`` holds the rest (docs/arch
   images. Only ``net`` is optimised and averaged by the EMA.
 
 Hyperparameters: the base saves the ``__init__`` arguments of the subclass too (Lightning collects
-the arguments of every ``__init__`` up the inheritance chain), less the subclass's
-``sampling_options``, which come from the command line (``paradigm.sampling_settings``).
+the arguments of every ``__init__`` up the inheritance chain), less ``sampling`` and the subclass's
+``evaluation_settings``, which come from the command line (docs/architecture.md, "Sampling
+settings").
 
 Shape legend: B batch, C/H/W image (or latent: what the net sees, ``net_shape``).
 """
@@ -36,6 +40,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.conditions import DropoutProbability, condition_dropout, drop_labels
 from lit_genai.hparams import save_plain_hyperparameters
 
 if TYPE_CHECKING:
@@ -48,8 +53,9 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 class DenoisingModule(LightningModule):
     """Base of the denoising modules (see the module docstring); not a model on its own.
 
-    A subclass defines ``sample``, ``training_step``, ``_evaluate(stage, batch, batch_idx)`` and
-    ``sampling_options``, and passes the arguments below on from its own ``__init__``.
+    A subclass defines ``sample``, ``training_step``, ``_evaluate(stage, batch, batch_idx)``, its
+    ``SamplingSettings`` and (if any) ``evaluation_settings``, the names of its evaluation-only
+    init arguments, and passes the arguments below on from its own ``__init__``.
 
     Args:
         net: Network ``(x (B,C,H,W), t (B,), y (B,) or None) -> (B,C,H,W)``. For class-conditional
@@ -57,17 +63,19 @@ class DenoisingModule(LightningModule):
         sample_shape: (C, H, W) of one image; linked from the data module.
         num_classes: Number of classes the data offers; linked from the data module. The network
             decides whether they are used: a net with ``num_classes=0`` is unconditional.
-        p_uncond: Probability of dropping the label during training (classifier-free guidance).
+        p_uncond: Probability of dropping the label during training (classifier-free guidance): one
+            for every condition the model uses, or one per name (``{label: 0.1}``).
         optimizer: Optimiser of the network's parameters.
         lr_scheduler: Optional LR scheduler, stepped every optimisation step (after the warm-up).
         warmup_steps: Linear LR warm-up over this many steps.
         seed: Base seed of ``predict``: sample i uses the generator seed + i.
         autoencoder: Path of a ``KLAutoencoder`` checkpoint: model its latents (latent diffusion).
+        sampling: The subclass's inference-time settings; kept out of checkpoints.
     """
 
     modality = "image"
     ema_target = "net"
-    sampling_options: tuple[str, ...] = ()
+    evaluation_settings: tuple[str, ...] = ()  # evaluation-only init arguments, kept out of checkpoints
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -76,21 +84,25 @@ class DenoisingModule(LightningModule):
         net: nn.Module,
         sample_shape: Sequence[int],
         num_classes: int,
-        p_uncond: float,
+        p_uncond: DropoutProbability,
         optimizer: OptimizerCallable,
         lr_scheduler: Optional[LRSchedulerCallable],
         warmup_steps: int,
         seed: int,
         autoencoder: Optional[str],
+        sampling: paradigm.SamplingSettings,
     ) -> None:
         super().__init__()
         # The arguments of the subclass's __init__ as well (Lightning's collect_init_args).
         save_plain_hyperparameters(
-            self, objects=("net", "optimizer", "lr_scheduler"), ignore=type(self).sampling_options
+            self, objects=("net", "optimizer", "lr_scheduler"), ignore=type(self).evaluation_settings
         )
         self.net = net
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
+        self.conditions = paradigm.conditions_of(self.num_classes)
+        self._dropout = condition_dropout(p_uncond, self.conditions, "model")
+        self.sampling = sampling
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.first_stage: Optional[FirstStage] = None
         if autoencoder is not None:
@@ -115,24 +127,12 @@ class DenoisingModule(LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.net.parameters())  # the first stage is frozen: never optimised
-        schedulers = []
-        if self.hparams.warmup_steps > 0:
-            warmup = self.hparams.warmup_steps
-            schedulers.append(
-                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-            )
-        if self.lr_scheduler is not None:
-            schedulers.append(self.lr_scheduler(optimizer))
-        if not schedulers:
-            return optimizer
-        if len(schedulers) == 1:
-            scheduler = schedulers[0]
-        else:
-            scheduler = torch.optim.lr_scheduler.SequentialLR(
-                optimizer, schedulers, milestones=[self.hparams.warmup_steps]
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return paradigm.optimizer_config(  # the first stage is frozen: never optimised
+            self.optimizer(self.net.parameters()),
+            self.lr_scheduler,
+            warmup_steps=self.hparams.warmup_steps,
+            interval="step",
+        )
 
     # ------------------------------------------------------------------ data space <-> model space
 
@@ -151,19 +151,9 @@ class DenoisingModule(LightningModule):
 
     def _drop_labels(self, y: Tensor) -> Tensor:
         """Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label
-        becomes the null label ``num_classes`` with probability ``p_uncond``; this rank's slice of
-        a world-sized draw (``paradigm.this_rank``). (B,) -> (B,)."""
-        if self.num_classes == 0 or self.hparams.p_uncond <= 0:
-            return y
-        u = paradigm.this_rank(lambda n: torch.rand(n, device=y.device), y.shape[0], self._trainer)  # (B,)
-        return torch.where(u < self.hparams.p_uncond, torch.full_like(y, self.num_classes), y)
-
-    def _evaluation_generator(self, batch_idx: int) -> torch.Generator:
-        """A CPU generator seeded with the batch index (distinct per rank, as in training), so that an
-        evaluation loss measures the model, not the dice: the same noise at every validation."""
-        trainer = self._trainer  # None when called outside a Trainer
-        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
-        return torch.Generator().manual_seed(index)
+        becomes the null label ``num_classes`` with probability ``p_uncond``
+        (``conditions.drop_conditions``). (B,) -> (B,)."""
+        return drop_labels(y, self._dropout, self.num_classes, self._trainer)
 
     def _log_terms(self, stage: str, terms: dict[str, Tensor]) -> None:
         """Log the per-example ``terms`` {name: (B,)} as ``<stage>/<name>`` means."""

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.conditions import Cond, DropoutProbability, labels_of
 from lit_genai.diffusion.base import DenoisingModule
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
@@ -42,23 +44,42 @@ from lit_genai.diffusion.solvers import (
 from lit_genai.diffusion.vlb import vlb_terms
 from lit_genai.errors import ConfigError
 
-# Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
-# command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
 Sampler = Literal["ddpm", "ddim", "euler", "heun", "dpm_solver++"]
 SIGMA_SOLVERS = {"euler": euler_sample, "heun": heun_sample, "dpm_solver++": dpm_solver_pp_2m_sample}
 
-SAMPLING_OPTIONS = (
-    "sampler",
-    "sampling_steps",
-    "eta",
-    "skip",
-    "variance",
-    "guidance_scale",
-    "clip_denoised",
-    "sigma_max",
-    "bpd_timesteps",
-    "test_bpd_timesteps",
-)
+
+@dataclass(frozen=True)
+class DiffusionSampling(paradigm.SamplingSettings):
+    """Inference-time settings of ``Diffusion`` (docs/architecture.md, "Sampling settings").
+
+    Args:
+        sampler: ``ddpm`` (ancestral, T steps), ``ddim``, or an ODE solver on the EDM sigma grid
+            (``solvers.py``: Karras grid, rho = 7, from ``sigma_max`` down to sigma of step 0,
+            then 0): ``euler``, ``heun`` (EDM Algorithm 1) or ``dpm_solver++`` (DPM-Solver++(2M)).
+        steps: Number of DDIM / solver steps N (ignored by ``ddpm``). Network evaluations (NFE,
+            doubled by guidance's two branches in one batch): DDIM, Euler, DPM-Solver++ N; Heun 2N - 1.
+        eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like).
+        skip: DDIM timestep spacing: ``uniform`` or ``quadratic`` (DDIM's CIFAR-10 choice).
+        variance: DDPM sampler variance: ``beta`` (sigma^2 = beta_t, DDPM's CIFAR-10 choice) or
+            ``beta_tilde`` (the posterior variance); also the decoder variance of the bound.
+        guidance_scale: Classifier-free guidance weight w (see the module docstring).
+        clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step (images only: not
+            done in the unbounded latent space of an ``autoencoder``).
+        sigma_max: Highest noise level of the ODE solvers' grid: the smaller of this and sigma of
+            step T - 1 (None: always the latter). A cosine schedule's last step (beta clipped at
+            0.999) has sigma ~2e4; from there a few-step grid takes such large first steps that
+            Heun's correction amplifies the denoiser's error (README, "Diffusion"). EDM's 80
+            (Karras et al. 2022, Table 1) is already pure noise at the data's scale.
+    """
+
+    sampler: Sampler = "ddim"
+    steps: int = 100
+    eta: float = 0.0
+    skip: Literal["uniform", "quadratic"] = "uniform"
+    variance: Literal["beta", "beta_tilde"] = "beta"
+    guidance_scale: float = 0.0
+    clip_denoised: bool = True
+    sigma_max: Optional[float] = 80.0
 
 
 class Diffusion(DenoisingModule):
@@ -77,25 +98,6 @@ class Diffusion(DenoisingModule):
         prediction: What the network predicts: noise ``eps`` (DDPM), ``x0``, or ``v`` (Salimans & Ho).
         min_snr_gamma: If set, weight the loss by min-SNR-gamma (Hang et al. 2023; gamma = 5 there).
         p_uncond: Probability of dropping the label during training (classifier-free guidance).
-        sampler: ``ddpm`` (ancestral, T steps), ``ddim``, or an ODE solver on the EDM sigma grid
-            (``solvers.py``: Karras grid, rho = 7, from ``sigma_max`` down to sigma of step 0,
-            then 0): ``euler``, ``heun`` (EDM Algorithm 1) or ``dpm_solver++`` (DPM-Solver++(2M)).
-        sampling_steps: Number of DDIM / solver steps N (ignored by ``ddpm``). Network evaluations
-            (NFE, doubled by guidance's two branches in one batch): DDIM, Euler, DPM-Solver++ N;
-            Heun 2N - 1.
-        eta: DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like).
-        skip: DDIM timestep spacing: ``uniform`` or ``quadratic`` (DDIM's CIFAR-10 choice).
-        variance: DDPM sampler variance: ``beta`` (sigma^2 = beta_t, DDPM's CIFAR-10 choice) or
-            ``beta_tilde`` (the posterior variance).
-        guidance_scale: Classifier-free guidance weight w (see the module docstring).
-        clip_denoised: Clip the predicted x0 to [-1, 1] at every sampling step (images only: not
-            done in the unbounded latent space of an ``autoencoder``).
-        sigma_max: Highest noise level of the ODE solvers' grid: the smaller of this and sigma of
-            step T - 1 (None: always the latter). A cosine schedule's last step (beta clipped at
-            0.999) has sigma ~2e4; from there a few-step grid takes such large first steps that
-            Heun's correction amplifies the denoiser's error (MNIST demo, Heun 19 NFE: FID_mnist 48
-            from 2e4, vs far lower from 80). EDM's 80 (Karras et al. 2022, Table 1) is already
-            pure noise at the data's scale.
         bpd_timesteps: Log ``val/bpd`` and ``val/nll_nats``, the variational bound on the NLL of the
             8-bit data (DDPM eq. 5, ``vlb.py``): 0 = off; k < T - 1 = unbiased estimate from k random
             steps + the exact decoder term (k + 1 network calls per batch); T = exact (T calls).
@@ -110,9 +112,10 @@ class Diffusion(DenoisingModule):
         autoencoder: Path of a ``KLAutoencoder`` checkpoint: diffuse its scaled latents instead of
             the images (latent diffusion, Rombach et al. 2022; ``base.py``). The net must fit the
             latents' shape; samples are decoded to images.
+        sampling: Inference-time settings (``DiffusionSampling``); kept out of checkpoints.
     """
 
-    sampling_options = SAMPLING_OPTIONS
+    evaluation_settings = ("bpd_timesteps", "test_bpd_timesteps")
 
     def __init__(
         self,
@@ -123,15 +126,7 @@ class Diffusion(DenoisingModule):
         beta_schedule: Literal["linear", "cosine", "sigmoid"] = "linear",
         prediction: Literal["eps", "x0", "v"] = "eps",
         min_snr_gamma: Optional[float] = None,
-        p_uncond: float = 0.1,
-        sampler: Sampler = "ddim",
-        sampling_steps: int = 100,
-        eta: float = 0.0,
-        skip: Literal["uniform", "quadratic"] = "uniform",
-        variance: Literal["beta", "beta_tilde"] = "beta",
-        guidance_scale: float = 0.0,
-        clip_denoised: bool = True,
-        sigma_max: Optional[float] = 80.0,
+        p_uncond: DropoutProbability = 0.1,
         bpd_timesteps: int = 0,
         test_bpd_timesteps: int = 50,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -139,6 +134,7 @@ class Diffusion(DenoisingModule):
         warmup_steps: int = 0,
         seed: int = 0,
         autoencoder: Optional[str] = None,
+        sampling: DiffusionSampling = DiffusionSampling(),
     ) -> None:
         if autoencoder is not None and bpd_timesteps > 0:
             raise ConfigError(
@@ -146,11 +142,17 @@ class Diffusion(DenoisingModule):
                 "model.autoencoder makes this a model of latents: set model.bpd_timesteps: 0"
             )
         super().__init__(
-            net, sample_shape, num_classes, p_uncond, optimizer, lr_scheduler, warmup_steps, seed, autoencoder
+            net,
+            sample_shape,
+            num_classes,
+            p_uncond,
+            optimizer,
+            lr_scheduler,
+            warmup_steps,
+            seed,
+            autoencoder,
+            sampling,
         )
-        self.sampler, self.sampling_steps, self.eta, self.skip = sampler, sampling_steps, eta, skip
-        self.variance, self.guidance_scale, self.clip_denoised = variance, guidance_scale, clip_denoised
-        self.sigma_max = sigma_max
         self.bpd_timesteps, self.test_bpd_timesteps = bpd_timesteps, test_bpd_timesteps
 
         # Schedule in float64, kept as float32 buffers (moved with the module, not trained).
@@ -177,27 +179,25 @@ class Diffusion(DenoisingModule):
         self,
         n: int,
         *,
-        cond: Optional[Tensor] = None,
+        cond: Cond = None,
         generator: paradigm.Generators = None,
-        sampler: Optional[Sampler] = None,
-        steps: Optional[int] = None,
-        eta: Optional[float] = None,
-        guidance_scale: Optional[float] = None,
         progress: bool = False,
+        **options: Any,
     ) -> Tensor:
-        """Draw ``n`` images, (n, C, H, W) in [-1, 1]; options default to the module's settings.
+        """Draw ``n`` images, (n, C, H, W) in [-1, 1].
 
-        ``cond`` (n,) class labels for a class-conditional model (None: unconditional, i.e. the null
-        label). The same ``generator`` seed gives the same images.
-        ``generator`` may also be one generator per sample (``paradigm.sample_generators``).
-        With an ``autoencoder`` the sampler draws latents, which are decoded to the images returned.
+        ``cond``: ``{"label": (n,)}`` (or the bare labels) for a class-conditional model (None:
+        unconditional, i.e. the null label). ``options``: ``DiffusionSampling`` fields, defaulting
+        to ``self.sampling``. The same ``generator`` seed gives the same images; ``generator`` may
+        also be one generator per sample (``paradigm.sample_generators``). With an
+        ``autoencoder`` the sampler draws latents, which are decoded to the images returned.
         """
-        sampler = sampler or self.sampler
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        settings = self.sampling.replace(**options)
+        sampler = settings.sampler
         shape = (n, *self.net_shape)
-        model_fn = self._model_fn(cond, guidance_scale)
-        clip_denoised = self.clip_denoised and self.first_stage is None  # latents are not in [-1, 1]
-        options = dict(
+        model_fn = self._model_fn(labels_of(self, cond), settings.guidance_scale)
+        clip_denoised = settings.clip_denoised and self.first_stage is None  # latents are not in [-1, 1]
+        common = dict(
             prediction=self.hparams.prediction,
             clip_denoised=clip_denoised,
             generator=generator,
@@ -206,16 +206,17 @@ class Diffusion(DenoisingModule):
         )
         if sampler not in ("ddpm", "ddim", *SIGMA_SOLVERS):
             raise ConfigError(
-                f"unknown sampler {sampler!r}; set model.sampler to ddpm, ddim, {', '.join(SIGMA_SOLVERS)}"
+                f"unknown sampler {sampler!r}; set model.sampling.sampler to ddpm, ddim, "
+                f"{', '.join(SIGMA_SOLVERS)}"
             )
         with paradigm.eval_mode(self.net):
             if sampler == "ddpm":
-                x = ddpm_sample(model_fn, shape, self.betas, variance=self.variance, **options)
+                x = ddpm_sample(model_fn, shape, self.betas, variance=settings.variance, **common)
             elif sampler in SIGMA_SOLVERS:
                 x = SIGMA_SOLVERS[sampler](
                     vp_denoiser(model_fn, self.alpha_bar, self.hparams.prediction, clip_denoised),
                     shape,
-                    self.sigma_grid(steps or self.sampling_steps),
+                    self.sigma_grid(settings.steps, sigma_max=settings.sigma_max),
                     generator=generator,
                     device=self.device,
                     progress=progress,
@@ -225,18 +226,20 @@ class Diffusion(DenoisingModule):
                     model_fn,
                     shape,
                     self.alpha_bar,
-                    steps=steps or self.sampling_steps,
-                    eta=self.eta if eta is None else eta,
-                    skip=self.skip,
-                    **options,
+                    steps=settings.steps,
+                    eta=settings.eta,
+                    skip=settings.skip,
+                    **common,
                 )
         return self._to_images(x)  # (n, C, H, W), decoded if latent, clamped to [-1, 1]
 
-    def sigma_grid(self, steps: int, rho: float = 7.0) -> Tensor:
+    def sigma_grid(self, steps: int, rho: float = 7.0, **options: Any) -> Tensor:
         """(steps + 1,) float64 Karras grid (EDM eq. 5) from min(sigma_max, sigma(t = T - 1)) down to
-        the schedule's sigma(t = 0) (``solvers.vp_sigmas``), ending at 0."""
+        the schedule's sigma(t = 0) (``solvers.vp_sigmas``), ending at 0; ``sigma_max`` is the
+        sampling settings' (``options`` override them; None: the schedule's top)."""
+        sigma_max = self.sampling.replace(**options).sigma_max
         sigmas = vp_sigmas(self.alpha_bar)  # (T,)
-        top = float(sigmas[-1]) if self.sigma_max is None else min(float(sigmas[-1]), self.sigma_max)
+        top = float(sigmas[-1]) if sigma_max is None else min(float(sigmas[-1]), sigma_max)
         return karras_sigmas(steps, float(sigmas[0]), top, rho)
 
     @property
@@ -248,7 +251,7 @@ class Diffusion(DenoisingModule):
         curve measures the model, not the dice; distinct per rank, as in training."""
         x0, y = batch
         x0 = self._encode_batch(x0)  # the latents, with an autoencoder (and no bound then)
-        generator = self._evaluation_generator(batch_idx)
+        generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0)
         terms = self._loss_terms(x0, y, t, eps)
@@ -282,8 +285,8 @@ class Diffusion(DenoisingModule):
             x0,
             dict(self.named_buffers(recurse=False)),  # the schedule_tensors buffers
             self.hparams.prediction,
-            variance=self.variance,
-            clip_denoised=self.clip_denoised,
+            variance=self.sampling.variance,
+            clip_denoised=self.sampling.clip_denoised,
             timesteps=timesteps,  # >= T - 1: exact
             generator=generator,
         )

@@ -43,7 +43,7 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 """(x_t (B, C, H, W), t (B,) int64) -> model output (B, C, H, W) in the sampler's ``prediction``."""
 
 
-def _call_model(model_fn: ModelFn, x_t: Tensor, step: int) -> Tensor:
+def call_model(model_fn: ModelFn, x_t: Tensor, step: int) -> Tensor:
     """model_fn(x_t, t) with t = step for the whole batch; checks and casts the output."""
     t = torch.full((x_t.shape[0],), step, dtype=torch.long, device=x_t.device)  # (B,)
     model_out = model_fn(x_t, t)  # (B, C, H, W)
@@ -55,7 +55,8 @@ def _call_model(model_fn: ModelFn, x_t: Tensor, step: int) -> Tensor:
     return model_out.to(x_t.dtype)
 
 
-def _check_shape(shape: Sequence[int]) -> None:
+def check_shape(shape: Sequence[int]) -> None:
+    """Raise ValueError unless ``shape`` (B, C, H, W) is a non-empty sequence of positive sizes."""
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty sequence of positive sizes (B, C, H, W), got {shape}")
 
@@ -93,7 +94,7 @@ def ddpm_sample(
     check_prediction(prediction)
     if variance not in ("beta", "beta_tilde"):
         raise ConfigError(f"unknown variance {variance!r}; choose 'beta' or 'beta_tilde'")
-    _check_shape(shape)
+    check_shape(shape)
     device = torch.device(device) if device is not None else betas.device
     sched = schedule_tensors(betas.detach().cpu())  # (T,) float64 each, on the CPU
     num_timesteps = sched["betas"].shape[0]
@@ -103,7 +104,7 @@ def ddpm_sample(
     x = randn(shape, generator, device)  # (B, C, H, W)
     steps = reversed(range(num_timesteps))
     for i in tqdm(steps, total=num_timesteps, desc=f"DDPM {num_timesteps} steps", disable=not progress):
-        model_out = _call_model(model_fn, x, i)  # (B, C, H, W)
+        model_out = call_model(model_fn, x, i)  # (B, C, H, W)
         alpha_bar_t = float(sched["alpha_bar"][i])
         # Predicted x0 from the network output (DDIM eq. 12 "predicted x0" for eps; Salimans & Ho for v)
         x0, _ = to_x0_eps(prediction, model_out, x, x.new_tensor(alpha_bar_t))
@@ -187,7 +188,7 @@ def ddim_sample(
     check_prediction(prediction)
     if not 0.0 <= eta <= 1.0:
         raise ConfigError(f"DDIM eta must be in [0, 1] (0: deterministic, 1: DDPM-like), got {eta}")
-    _check_shape(shape)
+    check_shape(shape)
     device = torch.device(device) if device is not None else alpha_bar.device
     ab = alpha_bar.detach().to("cpu", torch.float64)  # (T,) coefficients in float64
     timesteps = ddim_timesteps(ab.shape[0], steps, skip).tolist()  # S ints, increasing
@@ -200,7 +201,7 @@ def ddim_sample(
     for i, j in tqdm(pairs, total=num_steps, desc=f"DDIM {num_steps} steps", disable=not progress):
         alpha_bar_t = float(ab[i])
         alpha_bar_prev = float(ab[j]) if j >= 0 else 1.0
-        model_out = _call_model(model_fn, x, i)  # (B, C, H, W)
+        model_out = call_model(model_fn, x, i)  # (B, C, H, W)
         x0, eps = to_x0_eps(prediction, model_out, x, x.new_tensor(alpha_bar_t))
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)

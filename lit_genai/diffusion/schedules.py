@@ -201,6 +201,14 @@ def extract(a: Tensor, t: Tensor, ndim: int) -> Tensor:
     return out.reshape(t.shape[0], *([1] * (ndim - 1)))  # (B, 1, ..., 1)
 
 
+def expand(value: Tensor | float, x: Tensor) -> Tensor | float:
+    """A per-example value (B,) as (B, 1, ..., 1) in ``x``'s dtype and device, to broadcast against
+    x (B, C, H, W); a Python float or a 0-dim tensor is returned as it is (it broadcasts already)."""
+    if isinstance(value, Tensor) and value.ndim == 1:
+        return value.to(x).view(-1, *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, ..., 1)
+    return value
+
+
 def q_sample(x0: Tensor, t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
     """Sample x_t ~ q(x_t | x0) with the given noise.
 

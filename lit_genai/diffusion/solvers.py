@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lit_genai.diffusion.losses import Prediction, check_prediction, to_x0_eps
-from lit_genai.diffusion.sampling import ModelFn, _call_model, _check_shape
+from lit_genai.diffusion.sampling import ModelFn, call_model, check_shape
 from lit_genai.errors import ConfigError
 from lit_genai.paradigm import Generators, randn
 
@@ -135,7 +135,7 @@ def vp_denoiser(
         step = int(torch.round(sigma_to_t(sigma, sigmas)))
         alpha_bar_sigma = 1.0 / (1.0 + sigma**2)
         x_t = x * math.sqrt(alpha_bar_sigma)  # (B, C, H, W), DDIM eq. 14 read backwards
-        out = _call_model(model_fn, x_t, step)  # (B, C, H, W)
+        out = call_model(model_fn, x_t, step)  # (B, C, H, W)
         x0, _ = to_x0_eps(prediction, out, x_t, x_t.new_tensor(alpha_bar_sigma))
         return x0.clamp(-1.0, 1.0) if clip_denoised else x0
 
@@ -159,7 +159,7 @@ def _start(
     device: Optional[torch.device],
 ) -> Tensor:
     """x ~ N(0, sigma_0^2 I) (EDM Algorithm 1, line 1): ``sigma_0 * noise``, noise drawn if not given."""
-    _check_shape(shape)
+    check_shape(shape)
     if noise is not None:
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")

@@ -1,5 +1,5 @@
 """Generative adversarial networks: losses (pure) and the LightningModule."""
 
-from lit_genai.gan.module import GAN
+from lit_genai.gan.module import GAN, GANSampling
 
-__all__ = ["GAN"]
+__all__ = ["GAN", "GANSampling"]

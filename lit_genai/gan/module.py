@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import torch
@@ -59,11 +60,27 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.conditions import Cond, labels_of, sample_labels
 from lit_genai.errors import ConfigError
 from lit_genai.gan import losses
 from lit_genai.gan.checks import check_nets, check_settings
+from lit_genai.gan.sampling import truncate
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.metrics.sliced_wasserstein import random_directions, sliced_wasserstein
+
+
+@dataclass(frozen=True)
+class GANSampling(paradigm.SamplingSettings):
+    """Inference-time settings of a GAN (docs/architecture.md, "Sampling settings").
+
+    Args:
+        truncation: The truncation trick (Brock et al. 2019, BigGAN sec. 3.1): draw z from the
+            standard normal truncated to [-truncation, truncation] in each coordinate, trading
+            variety for fidelity; None = the plain N(0, I) the generator was trained on.
+    """
+
+    truncation: Optional[float] = None
+
 
 EVAL_NOISE = 1024  # E: fixed noise vectors, reused cyclically by the validation batches
 NUM_DIRECTIONS = 128  # K: projections of the sliced Wasserstein distance
@@ -103,11 +120,11 @@ class GAN(LightningModule):
         clip_norm_d: Clip the discriminator's gradient norm to this value (None = no clipping).
         seed: Seed of the fixed evaluation noise and base seed of ``predict``: sample i uses the
             generator seed + i (``paradigm.predict_step``).
+        sampling: Inference-time settings (``GANSampling``); kept out of checkpoints.
     """
 
     modality = "image"
     ema_target = "net_g"  # the discriminator is never averaged
-    sampling_options: tuple[str, ...] = ()  # one forward pass: nothing to choose at sampling time
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -128,6 +145,7 @@ class GAN(LightningModule):
         clip_norm_g: Optional[float] = None,
         clip_norm_d: Optional[float] = None,
         seed: int = 0,
+        sampling: GANSampling = GANSampling(),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -135,6 +153,8 @@ class GAN(LightningModule):
         self.net_g, self.net_d = net_g, net_d
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(net_g, "num_classes", 0)  # the classes the model uses
+        self.conditions = paradigm.conditions_of(self.num_classes)
+        self.sampling = sampling
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         check_settings(loss, gradient_penalty, r1_gamma, n_critic, decay_steps, net_d)
         check_nets(net_g, net_d, self.sample_shape, num_classes)
@@ -261,18 +281,25 @@ class GAN(LightningModule):
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, cond: Optional[Tensor] = None, generator: paradigm.Generators = None
+        self, n: int, *, cond: Cond = None, generator: paradigm.Generators = None, **options: Any
     ) -> Tensor:
         """Draw ``n`` images, (n, C, H, W) in [-1, 1], with the generator in eval mode.
 
-        ``cond`` (n,) class labels for a class-conditional model (None: labels drawn uniformly).
-        The same ``generator`` seed gives the same images; ``generator`` may be one per sample.
+        ``cond``: ``{"label": (n,)}`` (or the bare labels) for a class-conditional model (None:
+        labels drawn uniformly). ``options``: ``GANSampling`` fields (``truncation``). The same
+        ``generator`` seed gives the same images; ``generator`` may be one per sample.
         """
+        settings = self.sampling.replace(**options)
         z = paradigm.randn((n, self.latent_dim), generator, self.device)  # (n, Z)
-        y = None
-        if self.num_classes > 0:
-            y = cond if cond is not None else paradigm.randint(self.num_classes, n, generator, self.device)
-            y = y.to(self.device)  # (n,)
+        if settings.truncation is not None:
+            z = truncate(z, settings.truncation)
+        y = sample_labels(
+            n,
+            self.num_classes,
+            labels_of(self, cond),
+            generator,
+            self.device,
+        )  # (n,) or None
         with paradigm.eval_mode(self.net_g):  # batch-norm running statistics, not this batch's
             x = self.net_g(z, y)  # (n, C, H, W)
         return x.clamp(-1, 1)
@@ -305,7 +332,7 @@ class GAN(LightningModule):
         x, y = batch  # (B, C, H, W), (B,)
         y = y if self.num_classes > 0 else None  # fakes get the real labels: same class mix
         B = x.shape[0]
-        first = (batch_idx * self.trainer.world_size + self.trainer.global_rank) * B
+        first = paradigm.evaluation_index(self._trainer, batch_idx) * B
         rows = torch.arange(first, first + B, device=self.device) % self.eval_z.shape[0]  # (B,)
         fake = self.net_g(self.eval_z[rows], y)  # (B, C, H, W)
         swd = sliced_wasserstein(x, fake, self.eval_directions)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -42,20 +43,45 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.conditions import Cond, DropoutProbability, condition_dropout, drop_labels, labels_of
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.masked.sampling import maskgit_decode
 from lit_genai.masked.schedules import Schedule, num_to_mask
 from lit_genai.token_models import TokenTraining
 
-# Inference-time choices: not stored as hyperparameters, so that `predict`/`test` take them from the
-# command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
-SAMPLING_OPTIONS = ("steps", "choice_temperature", "temperature", "top_k", "guidance", "prompt", "hole")
-
 Prompt = Union[str, Sequence[int], Tensor, None]
 _NET = "model.init_args.net.init_args"
 EVAL_SEED = 0
-"""Seed of the validation and test masks: batch k is masked from ``manual_seed(EVAL_SEED + k)``."""
+"""Seed of the validation and test masks: batch k of rank r in a world of W ranks is masked from
+``manual_seed(EVAL_SEED + k * W + r)`` (``paradigm.evaluation_generator``)."""
+
+
+@dataclass(frozen=True)
+class MaskedSampling(paradigm.SamplingSettings):
+    """Inference-time settings of MaskGIT decoding (docs/architecture.md, "Sampling settings").
+
+    Args:
+        steps: Decoding steps T (MaskGIT: 8 for 256 x 256 images).
+        choice_temperature: Temperature of the Gumbel noise that picks the positions kept masked,
+            annealed to 0 over the steps (MaskGIT: 4.5).
+        temperature: Softmax temperature of the token draws (0 = the most likely token).
+        top_k: Draw among the k most likely tokens only (None = all).
+        guidance: Classifier-free guidance weight w, logits l_c + w (l_c - l_u) (0 = conditional).
+        prompt: What samples start from: text (through the module's ``vocabulary``; without one,
+            token ids separated by spaces or commas) whose ``hole`` characters are filled, as are
+            the positions after it up to ``block_size``; or token ids (the [MASK] id or a negative
+            id is a hole). None: every position is generated.
+        hole: The prompt character that marks a position to fill (it cannot then stand for itself).
+    """
+
+    steps: int = 8
+    choice_temperature: float = 4.5
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    guidance: float = 0.0
+    prompt: Optional[Union[str, list[int]]] = None  # sample(prompt=...) also takes a tensor of ids
+    hole: str = "_"
 
 
 def random_masks(counts: Tensor, scores: Tensor) -> Tensor:
@@ -93,8 +119,9 @@ class MaskedTokens(TokenTraining, LightningModule):
             cosine).
         label_smoothing: Label smoothing of the training cross-entropy (MaskGIT's reference training
             uses 0.1); validation and test report the plain NLL.
-        p_uncond: Probability of replacing a training label by the null label (classifier-free
-            guidance, Ho & Salimans 2022); only for a class-conditional net.
+        p_uncond: Probability of replacing a training condition by its null value (classifier-free
+            guidance, Ho & Salimans 2022; ``label``: the null label), one for every condition the
+            model uses or one per name; only for a class-conditional net.
         optimizer: Optimiser of the network, on two parameter groups (``weight_decay``; MaskGIT:
             Adam with betas (0.9, 0.96)).
         weight_decay: Weight decay of the parameters with two or more dimensions except embeddings
@@ -105,21 +132,11 @@ class MaskedTokens(TokenTraining, LightningModule):
         min_lr: The LR at the end of the decay; None = a tenth of the optimiser's LR.
         compile: Train and evaluate through ``torch.compile(net)`` (the plain net samples).
         init_from: A lit_genai checkpoint whose ``net.*`` weights are loaded before training.
-        steps: Decoding steps T of ``sample`` (MaskGIT: 8 for 256 x 256 images).
-        choice_temperature: Temperature of the Gumbel noise that picks the positions kept masked,
-            annealed to 0 over the steps (MaskGIT: 4.5).
-        temperature: Softmax temperature of the token draws (0 = the most likely token).
-        top_k: Draw among the k most likely tokens only (None = all).
-        guidance: Classifier-free guidance weight w, logits l_c + w (l_c - l_u) (0 = conditional).
-        prompt: What samples start from: text (through ``vocabulary``; without one, token ids
-            separated by spaces or commas) whose ``hole`` characters are filled, as are the positions
-            after it up to ``block_size``. None: every position is generated.
-        hole: The prompt character that marks a position to fill (it cannot then stand for itself).
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
+        sampling: Inference-time settings (``MaskedSampling``); kept out of checkpoints.
     """
 
     ema_target = "net"
-    sampling_options = SAMPLING_OPTIONS
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -133,7 +150,7 @@ class MaskedTokens(TokenTraining, LightningModule):
         modality: Literal["image", "text"] = "image",
         schedule: Schedule = "cosine",
         label_smoothing: float = 0.0,
-        p_uncond: float = 0.0,
+        p_uncond: DropoutProbability = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
@@ -141,25 +158,20 @@ class MaskedTokens(TokenTraining, LightningModule):
         min_lr: Optional[float] = None,
         compile: bool = False,
         init_from: Optional[str] = None,
-        steps: int = 8,
-        choice_temperature: float = 4.5,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        guidance: float = 0.0,
-        prompt: Optional[str] = None,
-        hole: str = "_",
         seed: int = 0,
+        sampling: MaskedSampling = MaskedSampling(),
     ) -> None:
         super().__init__()
-        save_plain_hyperparameters(self, objects=("net", "optimizer"), ignore=SAMPLING_OPTIONS)
+        save_plain_hyperparameters(self, objects=("net", "optimizer"))
         self.net = net
         self.modality = modality
         self.vocab_size, self.block_size, self.mask_id = vocab_size, block_size, vocab_size
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
         self.optimizer = optimizer
-        self.steps, self.choice_temperature, self.temperature = steps, choice_temperature, temperature
-        self.top_k, self.guidance, self.prompt, self.hole = top_k, guidance, prompt, hole
+        self.sampling = sampling
+        self.conditions = paradigm.conditions_of(self.num_classes)
+        self._dropout = condition_dropout(p_uncond, self.conditions, "model")
         self._check(net)
         self._eval_total: Optional[Tensor] = None  # (3,): summed NLL, correct, masked tokens
         # torch.compile(net), kept outside the module tree (TokenTraining._training_net)
@@ -189,8 +201,10 @@ class MaskedTokens(TokenTraining, LightningModule):
                 f"model.vocabulary has {len(self.vocabulary)} symbols but vocab_size={self.vocab_size}: "
                 "remove model.init_args.vocabulary, the command line links it from the data"
             )
-        if not self.hole:
-            raise ConfigError("model.hole is empty: give the character marking a position to fill, e.g. '_'")
+        if not self.sampling.hole:
+            raise ConfigError(
+                "model.sampling.hole is empty: give the character marking a position to fill, e.g. '_'"
+            )
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -202,10 +216,7 @@ class MaskedTokens(TokenTraining, LightningModule):
         tokens, c = self._unpack(batch)  # (B, N), (B,) or None
         B, N = tokens.shape
         trainer = self._trainer  # None outside a Trainer
-        if c is not None and self.hparams.p_uncond > 0:
-            # Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1).
-            u = paradigm.this_rank(lambda n: torch.rand(n, device=c.device), B, trainer)
-            c = torch.where(u < self.hparams.p_uncond, torch.full_like(c, self.num_classes), c)
+        c = drop_labels(c, self._dropout, self.num_classes, trainer)  # classifier-free guidance
         r = paradigm.this_rank(lambda n: torch.rand(n, device=tokens.device), B, trainer)  # (B,)
         scores = paradigm.this_rank(lambda n: torch.rand((n, N), device=tokens.device), B, trainer)
         masked = random_masks(num_to_mask(r, N, self.hparams.schedule), scores)  # (B, N)
@@ -236,9 +247,10 @@ class MaskedTokens(TokenTraining, LightningModule):
 
     def eval_masks(self, tokens: Tensor, batch_idx: int) -> Tensor:
         """The (B, N) bool masks of evaluation batch ``batch_idx``: the training distribution, drawn on
-        the CPU from ``manual_seed(EVAL_SEED + batch_idx)``, so each validation scores the same positions."""
+        the CPU from ``paradigm.evaluation_generator`` (seed ``EVAL_SEED``), so each validation scores
+        the same positions, and each rank its own."""
         B, N = tokens.shape
-        g = torch.Generator().manual_seed(EVAL_SEED + batch_idx)
+        g = paradigm.evaluation_generator(self._trainer, batch_idx, EVAL_SEED)
         r, scores = torch.rand(B, generator=g), torch.rand((B, N), generator=g)
         return random_masks(num_to_mask(r, N, self.hparams.schedule), scores).to(tokens.device)
 
@@ -249,94 +261,95 @@ class MaskedTokens(TokenTraining, LightningModule):
         self,
         n: int,
         *,
-        cond: Optional[Tensor] = None,
+        cond: Cond = None,
         generator: paradigm.Generators = None,
-        prompt: Prompt = None,
-        steps: Optional[int] = None,
-        choice_temperature: Optional[float] = None,
-        temperature: Optional[float] = None,
-        top_k: Optional[int] = None,
-        guidance: Optional[float] = None,
         progress: bool = False,
+        **options: Any,
     ) -> Tensor:
         """Draw ``n`` sequences of ``block_size`` token ids (n, N) by MaskGIT decoding.
 
-        ``prompt``: text with holes, token ids (the [MASK] id or a negative id is a hole), or None
-        for the module's ``prompt`` setting; its known tokens stay where they are. ``cond`` (n,)
-        labels of a class-conditional model (None: the null label, without guidance). The same
-        ``generator`` seed gives the same sequences; it may also be one generator per sample
-        (``paradigm.sample_generators``). Options default to the module's settings.
+        ``cond``: ``{"label": (n,)}`` (or the bare labels) of a class-conditional model (None: the
+        null label, without guidance). ``options``: ``MaskedSampling`` fields, defaulting to
+        ``self.sampling`` (``prompt``: text with holes or token ids; its known tokens stay where
+        they are). The same ``generator`` seed gives the same sequences; it may also be one
+        generator per sample (``paradigm.sample_generators``).
         """
+        settings = self.sampling.replace(**options)
         start = torch.full((self.block_size,), self.mask_id, dtype=torch.long)
-        given = self.encode_prompt(self.prompt if prompt is None else prompt)  # (N0,)
+        given = self.encode_prompt(settings.prompt, settings.hole)  # (N0,)
         start[: given.numel()] = given
         tokens = start.to(self.device).expand(n, -1).contiguous()  # (n, N)
-        guidance = self.guidance if guidance is None else guidance
-        tau = choice_temperature
+        guidance, labels = (
+            settings.guidance,
+            labels_of(self, cond),
+        )
         if self.num_classes > 0:
-            if cond is None:  # unconditional samples: the null label, for which guidance is void
-                cond, guidance = torch.full((n,), self.num_classes), 0.0
-            cond = cond.to(self.device, torch.long)
+            if labels is None:  # unconditional samples: the null label, for which guidance is void
+                labels, guidance = torch.full((n,), self.num_classes), 0.0
+            labels = labels.to(self.device, torch.long)
         else:
-            cond = None
+            labels = None
         with paradigm.eval_mode(self.net):
             return maskgit_decode(
                 lambda idx, c: self._logits(self.net, idx, c),
                 tokens,
                 mask_id=self.mask_id,
-                steps=self.steps if steps is None else steps,
+                steps=settings.steps,
                 schedule=self.hparams.schedule,
-                choice_temperature=self.choice_temperature if choice_temperature is None else tau,
-                temperature=self.temperature if temperature is None else temperature,
-                top_k=self.top_k if top_k is None else top_k,
+                choice_temperature=settings.choice_temperature,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
                 guidance=guidance,
-                cond=cond,
+                cond=labels,
                 null_label=self.num_classes if self.num_classes > 0 else None,
                 generator=generator,
                 progress=progress,
             )  # (n, N)
 
-    def encode_prompt(self, prompt: Prompt) -> Tensor:
+    def encode_prompt(self, prompt: Prompt, hole: Optional[str] = None) -> Tensor:
         """A prompt as (N0,) int64 ids with the [MASK] id at its holes (N0 <= block_size).
 
         Text goes through the vocabulary, each ``hole`` character becoming a [MASK]; without a
         vocabulary, text is token ids separated by spaces or commas, ``hole`` for a hole. Token ids
-        are kept, the [MASK] id and negative ids being holes. None or "" gives no tokens.
+        are kept, the [MASK] id and negative ids being holes. None or "" gives no tokens. ``hole``
+        defaults to ``self.sampling.hole``.
         """
+        hole = self.sampling.hole if hole is None else hole
         if prompt is None or (isinstance(prompt, str) and not prompt):
             return torch.zeros(0, dtype=torch.long)
         if isinstance(prompt, str):
-            ids = self._text_ids(prompt)
+            ids = self._text_ids(prompt, hole)
         else:
             flat = prompt.detach().flatten().tolist() if isinstance(prompt, Tensor) else list(prompt)
             ids = [self.mask_id if int(t) < 0 else int(t) for t in flat]
         bad = [t for t in ids if not 0 <= t <= self.mask_id]
         if bad:
             raise ConfigError(
-                f"model.prompt has token id {bad[0]}, outside the data's ids 0..{self.vocab_size - 1} "
-                f"(and {self.mask_id} or {self.hole!r} for a hole)"
+                f"model.sampling.prompt has token id {bad[0]}, outside the data's ids "
+                f"0..{self.vocab_size - 1} (and {self.mask_id} or {hole!r} for a hole)"
             )
         if len(ids) > self.block_size:
             raise ConfigError(
-                f"model.prompt has {len(ids)} tokens, more than block_size={self.block_size}: shorten it"
+                f"model.sampling.prompt has {len(ids)} tokens, more than block_size={self.block_size}: "
+                "shorten it"
             )
         return torch.tensor(ids, dtype=torch.long)
 
     # ------------------------------------------------------------------ helpers
 
-    def _text_ids(self, prompt: str) -> list[int]:
+    def _text_ids(self, prompt: str, hole: str) -> list[int]:
         """Text with ``hole`` characters -> ids, a [MASK] at each hole."""
         if self.vocabulary is None:
             words = [w for w in re.split(r"[\s,]+", prompt.strip()) if w]
-            if not all(w == self.hole or w.isdigit() for w in words):
+            if not all(w == hole or w.isdigit() for w in words):
                 raise ConfigError(
-                    "model.prompt: a text prompt needs the vocabulary (model.vocabulary, linked from "
-                    f"character-level data); without one give token ids and {self.hole!r} for holes, "
-                    f"e.g. '0 5 {self.hole} 7'"
+                    "model.sampling.prompt: a text prompt needs the vocabulary (model.vocabulary, "
+                    f"linked from character-level data); without one give token ids and {hole!r} for holes, "
+                    f"e.g. '0 5 {hole} 7'"
                 )
-            return [self.mask_id if w == self.hole else int(w) for w in words]
+            return [self.mask_id if w == hole else int(w) for w in words]
         ids: list[int] = []
-        for i, piece in enumerate(prompt.split(self.hole)):
+        for i, piece in enumerate(prompt.split(hole)):
             if i > 0:
                 ids.append(self.mask_id)
             ids.extend(self._encode_text(piece) if piece else [])

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
+from lit_genai.atomic import atomic_file
 from lit_genai.media import to_uint8
 
 __all__ = ["default_cache_dir", "fingerprint", "key_digest", "real_features"]
@@ -189,8 +190,7 @@ def real_features(
         return features
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may write at once; never a half file
     payload = {"features": features, "fingerprint": weights, "extractor": extractor.name, "key": key_json}
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as file:  # ranks and nodes may write at once; never a half file
+        torch.save(payload, file)
     return features

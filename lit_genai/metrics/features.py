@@ -6,11 +6,11 @@
   numbers (DDPM CIFAR-10 FID 3.17, IS 9.46) are measured with; torchvision's ImageNet InceptionV3
   gives different numbers. Its weights are never downloaded here: they come from ``weights_path`` or
   the torch hub cache.
-- ``DomainFeatures``: a ``lit_genai.metrics.classifier.DomainClassifier`` trained on the data's own
+- ``DomainFeatures``: a ``lit_genai.metrics.classifier.network.DomainClassifier`` trained on the data's own
   domain (penultimate features, class logits); ``"mnist"`` ships inside the package.
 
 Every extractor takes uint8 images (B, C, H, W) in [0, 255]: the protocol quantises generated
-images as real ones are stored (``lit_genai.callbacks.samples.to_uint8``), and each extractor maps
+images as real ones are stored (``lit_genai.media.to_uint8``), and each extractor maps
 them to its own input range. ``name`` goes into metric keys (``val/fid_<name>``) because numbers
 from different extractors are not comparable (docs/architecture.md, "Metric names").
 
@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError, DataNotFoundError
-from lit_genai.metrics.classifier import DomainClassifier, load_classifier_state
+from lit_genai.metrics.classifier.export import load_classifier_state
+from lit_genai.metrics.classifier.network import DomainClassifier
 
 # torch-fidelity's conversion of the TF FID Inception (torch_fidelity.feature_extractor_inceptionv3);
 # torchmetrics' FID, KID and IS use the same file.
@@ -76,7 +77,7 @@ def check_uint8(images: Tensor, name: str) -> None:
         raise TypeError(
             f"the {name} feature extractor takes uint8 images (B, C, H, W) in [0, 255], got "
             f"{images.dtype} of shape {tuple(images.shape)}; quantise generated images first "
-            "(lit_genai.callbacks.samples.to_uint8)"
+            "(lit_genai.media.to_uint8)"
         )
 
 

@@ -9,7 +9,7 @@ torchmetrics (1.9) has no improved precision / recall, so it lives here, followi
 reference (github.com/kynkaat/improved-precision-and-recall-metric): pairwise Euclidean distances
 in feature space, radius = distance to the k-th nearest neighbour (the point itself excluded), a
 point is "covered" when it lies within the radius of at least one point of the other set.
-``lit_genai.metrics.fid.QualityMetrics`` wraps them in a DDP-safe torchmetrics Metric.
+``lit_genai.metrics.fid.FeaturePrecisionRecall`` wraps them in a DDP-safe torchmetrics Metric.
 
 Shape legend: N real feature vectors, M generated feature vectors, D feature width.
 """

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.layers import check_labels
 
 FREQUENCY_EMBEDDING_SIZE = 256  # the paper's 256-dimensional timestep frequency embedding (Appendix A)
 REFERENCE_TIMESTEPS = 1000  # DiT embeds the integer step of a T = 1000 schedule
@@ -260,19 +261,8 @@ class DiT(nn.Module):
             )
         tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         c = self.t_embedder(frequency_embedding(t * (REFERENCE_TIMESTEPS / self.num_timesteps)))  # (B, D)
-        if self.y_embedder is None:
-            if y is not None:
-                raise ValueError("DiT: got class labels y but num_classes=0 (an unconditional model)")
-        else:
-            if y is None:
-                y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)  # (B,) null
-            # Shape and dtype only: checking values would sync the device every step; nn.Embedding
-            # itself rejects labels outside [0, num_classes].
-            if y.shape != (B,) or y.dtype != torch.long:
-                raise ValueError(
-                    f"DiT: y must be ({B},) int64 labels in [0, {self.num_classes}] "
-                    f"(label {self.num_classes} = null), got {y.dtype} {tuple(y.shape)}"
-                )
+        y = check_labels("DiT", self.num_classes, y, B, none_is_null=True, device=x.device)  # (B,) or None
+        if self.y_embedder is not None:
             c = c + self.y_embedder(y)  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, c)  # (B, N, D)

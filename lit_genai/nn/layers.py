@@ -1,4 +1,5 @@
-"""Layers shared by the GAN networks: class-conditional batch norm and optional spectral norm.
+"""Layers and checks shared by the networks: class-conditional batch norm and optional spectral norm
+(the GAN networks), and the class-label check every network runs in its forward.
 
 Implements:
     - de Vries et al. 2017, "Modulating early visual processing by language", and Dumoulin et al.
@@ -14,7 +15,8 @@ Implements:
       divided by their largest singular value, estimated by one power iteration per training step
       (``torch.nn.utils.parametrizations.spectral_norm``).
 
-Shape legend: B batch, C channels, H/W spatial size, K number of classes.
+Shape legend: B batch, C channels, H/W spatial size, K number of classes (label K: the null label of
+classifier-free guidance, in networks that have one).
 """
 
 from typing import Optional, TypeVar
@@ -105,19 +107,56 @@ class ConditionalBatchNorm2d(nn.Module):
         return gain[:, :, None, None] * h + bias[:, :, None, None]  # de Vries et al. 2017, eq. 2
 
 
-def check_labels(name: str, num_classes: int, y: Optional[Tensor], batch_size: int) -> None:
-    """Raise ValueError unless y fits the network: None when unconditional, (B,) int64 otherwise.
+def check_labels(
+    name: str,
+    num_classes: int,
+    y: Optional[Tensor],
+    batch_size: int,
+    *,
+    allow_null: bool = False,
+    none_is_null: bool = False,
+    device: Optional[torch.device] = None,
+    arg: str = "y",
+) -> Optional[Tensor]:
+    """The class labels a network's forward uses, or ValueError naming the network when y does not fit.
 
-    Checks shape and dtype only: checking label values would sync the device every step, and
-    ``nn.Embedding`` rejects labels outside [0, num_classes) itself.
+    Every network checks its labels here, so that all refuse the same inputs with the same message:
+    labels for an unconditional network (``num_classes == 0``), and anything but (B,) int64 labels
+    for a conditional one. Checks shape and dtype only: checking label values would sync the device
+    every step, and ``nn.Embedding`` rejects labels outside its table itself.
+
+    Args:
+        name: The network's class name, which starts the message.
+        num_classes: Number of classes K of the network; 0 for an unconditional network.
+        y: The labels given to the network, (B,) int64 or None.
+        batch_size: B, the batch size of the network's other input.
+        allow_null: Whether label K is valid: the null label of classifier-free guidance, for
+            networks whose label table has K + 1 rows. Only changes the message.
+        none_is_null: Whether ``y=None`` means the null label K for every example (the diffusion
+            denoisers); otherwise a conditional network refuses ``y=None``. Implies ``allow_null``.
+        device: Where the null labels of ``none_is_null`` are made.
+        arg: The name of the labels argument in the network's forward, for the message.
+
+    Returns:
+        None for an unconditional network; else y, or (B,) null labels K when y is None and
+        ``none_is_null``.
     """
     if num_classes == 0:
         if y is not None:
-            raise ValueError(f"{name}: got class labels y but num_classes=0 (an unconditional network)")
-        return
+            raise ValueError(f"{name}: got class labels {arg} but num_classes=0 (an unconditional network)")
+        return None
+    if y is None and none_is_null:
+        return torch.full((batch_size,), num_classes, dtype=torch.long, device=device)  # (B,) null
     if y is None or y.shape != (batch_size,) or y.dtype != torch.long:
         got = "None" if y is None else f"{y.dtype} {tuple(y.shape)}"
-        raise ValueError(
-            f"{name}: num_classes={num_classes}, so y must be ({batch_size},) int64 labels in "
-            f"[0, {num_classes}), got {got}"
+        labels = (
+            f"[0, {num_classes}] ({num_classes}: the null label)"
+            if allow_null or none_is_null
+            else f"[0, {num_classes})"
         )
+        none = " or None (the null label for every example)" if none_is_null else ""
+        raise ValueError(
+            f"{name}: num_classes={num_classes}, so {arg} must be ({batch_size},) int64 labels in "
+            f"{labels}{none}, got {got}"
+        )
+    return y

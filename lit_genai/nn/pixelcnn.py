@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.layers import check_labels
 
 _KEY = "model.net.init_args"
 
@@ -322,26 +323,13 @@ class GatedPixelCNN(nn.Module):
                 f"(or their first rows, a multiple of {row} tokens), got shape {tuple(idx.shape)}"
             )
         B, rows = idx.shape[0], idx.shape[1] // row
-        self._check_cond(B, cond)
+        check_labels("GatedPixelCNN", self.num_classes, cond, B, allow_null=True, arg="cond")
         tokens = idx.view(B, rows, W, C).permute(0, 3, 1, 2)  # (B, C, rows, W)
         if self.embedding is not None:
             x = self.embedding(tokens[:, 0]).permute(0, 3, 1, 2)  # (B, F, rows, W)
         else:
             x = tokens.to(self.head_out.weight.dtype) * (2.0 / (self.levels - 1)) - 1.0  # (B, C, rows, W)
         return self.logits_of_input(x, cond)
-
-    def _check_cond(self, B: int, cond: Optional[Tensor]) -> None:
-        if self.num_classes > 0:
-            if cond is None or cond.shape != (B,) or cond.dtype != torch.long:
-                got = "None" if cond is None else f"{cond.dtype} {tuple(cond.shape)}"
-                raise ValueError(
-                    f"GatedPixelCNN: num_classes={self.num_classes}, so cond must be ({B},) int64 labels "
-                    f"in [0, {self.num_classes}] ({self.num_classes}: the null label), got {got}"
-                )
-        elif cond is not None:
-            raise ValueError(
-                "GatedPixelCNN: got class labels cond but num_classes=0 (an unconditional network)"
-            )
 
     def _input_row(self, tokens: Tensor) -> Tensor:
         """(B, W, C) tokens of one row -> (B, W, C) intensities or (B, W, F) embeddings, as ``forward``."""
@@ -379,7 +367,7 @@ class GatedPixelCNN(nn.Module):
                 f"{self.block_size}, got shape {tuple(seq.shape)} and start={start}"
             )
         B = seq.shape[0]
-        self._check_cond(B, cond)
+        check_labels("GatedPixelCNN", self.num_classes, cond, B, allow_null=True, arg="cond")
         layers: list[GatedLayer] = list(self.layers)  # type: ignore[arg-type]
         radii = [layer.radius for layer in layers]
         widths = [layer.v_conv.in_channels for layer in layers]  # input maps of each layer

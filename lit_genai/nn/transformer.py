@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.layers import check_labels
 
 
 def rotary(z: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
@@ -318,16 +319,9 @@ class GPT(nn.Module):
             raise ValueError("GPT: causal=False attends to later positions, so it cannot decode with a cache")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, D)
+        check_labels("GPT", self.num_classes, cond, B, allow_null=True, arg="cond")
         if self.class_emb is not None:
-            if cond is None or cond.shape != (B,) or cond.dtype != torch.long:
-                got = "None" if cond is None else f"{cond.dtype} {tuple(cond.shape)}"
-                raise ValueError(
-                    f"GPT: num_classes={self.num_classes}, so cond must be ({B},) int64 labels in "
-                    f"[0, {self.num_classes}] ({self.num_classes}: the null label), got {got}"
-                )
             x = x + self.class_emb(cond)[:, None, :]  # the class embedding at every position
-        elif cond is not None:
-            raise ValueError("GPT: got class labels cond but num_classes=0 (an unconditional network)")
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             kv = None if cache is None else (cache.keys[i], cache.values[i])

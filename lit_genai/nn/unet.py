@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.layers import check_labels
 
 
 def _init(module: nn.Module, zero: bool = False) -> nn.Module:
@@ -204,19 +205,8 @@ class UNet(nn.Module):
                 f"got x {tuple(x.shape)} and t {tuple(t.shape)}"
             )
         temb = self.temb(timestep_embedding(t, self.base_channels))  # (B, D)
-        if self.label_emb is None:
-            if y is not None:
-                raise ValueError("UNet: got class labels y but num_classes=0 (an unconditional model)")
-        else:
-            if y is None:
-                y = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)  # (B,) null
-            # Shape and dtype only: checking values would sync the device every step; nn.Embedding
-            # itself rejects labels outside [0, num_classes].
-            if y.shape != (B,) or y.dtype != torch.long:
-                raise ValueError(
-                    f"UNet: y must be ({B},) int64 labels in [0, {self.num_classes}] "
-                    f"(label {self.num_classes} = null), got {y.dtype} {tuple(y.shape)}"
-                )
+        y = check_labels("UNet", self.num_classes, y, B, none_is_null=True, device=x.device)  # (B,) or None
+        if self.label_emb is not None:
             temb = temb + self.label_emb(y)  # (B, D)
 
         hs = [self.conv_in(x)]  # (B, ch, H, W)

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.layers import check_labels
 
 _KEY = "model.net.init_args"
 
@@ -226,17 +227,6 @@ class WaveNet(nn.Module):
             spare=spare,
         )
 
-    def _check_cond(self, cond: Optional[Tensor], B: int) -> None:
-        if self.class_bias is not None:
-            if cond is None or cond.shape != (B,) or cond.dtype != torch.long:
-                got = "None" if cond is None else f"{cond.dtype} {tuple(cond.shape)}"
-                raise ValueError(
-                    f"WaveNet: num_classes={self.num_classes}, so cond must be ({B},) int64 labels in "
-                    f"[0, {self.num_classes}] ({self.num_classes}: the null label), got {got}"
-                )
-        elif cond is not None:
-            raise ValueError("WaveNet: got class labels cond but num_classes=0 (an unconditional network)")
-
     def _project_local(self, local: Optional[Tensor], B: int, end: int) -> Optional[Tensor]:
         """The local features projected for every layer, (B, N * G, F), checked to cover positions < end."""
         if self.local_proj is None:
@@ -288,7 +278,7 @@ class WaveNet(nn.Module):
         B, T = idx.shape
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"WaveNet: the cache holds {cache.batch_size} sequences but idx has {B}")
-        self._check_cond(cond, B)
+        check_labels("WaveNet", self.num_classes, cond, B, allow_null=True, arg="cond")
         start = offset if cache is None else cache.length
         if cache is not None and cache.local is not None:
             loc = cache.local  # (B, N * G, F)

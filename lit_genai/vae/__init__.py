@@ -2,7 +2,7 @@
 (vqvae.py) and the KL autoencoder of latent diffusion (autoencoder.py); maths in losses.py."""
 
 from lit_genai.vae.autoencoder import KLAutoencoder
-from lit_genai.vae.module import VAE
+from lit_genai.vae.module import VAE, VAESampling
 from lit_genai.vae.vqvae import VQVAE
 
-__all__ = ["VAE", "VQVAE", "KLAutoencoder"]
+__all__ = ["VAE", "VAESampling", "VQVAE", "KLAutoencoder"]

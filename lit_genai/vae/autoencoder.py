@@ -207,10 +207,7 @@ class KLAutoencoder(LightningModule):
             )
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        return paradigm.optimizer_config(self.optimizer(self.parameters()), self.lr_scheduler)
 
     # ------------------------------------------------------------------ helpers
     def _terms(self, x: Tensor, mean: Tensor, logvar: Tensor, eps: Tensor) -> dict[str, Tensor]:
@@ -225,9 +222,7 @@ class KLAutoencoder(LightningModule):
         """``<stage>/loss``, ``rec``, ``kl`` with posterior noise fixed per batch index (distinct per
         rank), and ``<stage>/mse`` of the posterior-mean reconstruction (per pixel)."""
         x, _ = batch
-        trainer = self._trainer
-        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
-        generator = torch.Generator().manual_seed(index)
+        generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         mean, logvar = self.posterior(x)
         terms = self._terms(x, mean, logvar, torch.randn(mean.shape, generator=generator).to(mean))
         for name in ("loss", "rec", "kl"):

@@ -4,7 +4,7 @@ Papers: Kingma & Welling 2014 (VAE: ELBO, reparameterisation, Gaussian and Berno
 Higgins et al. 2017 (beta-VAE), Sohn et al. 2015 (conditional VAE), Burda et al. 2016 (IWAE: the
 k-sample objective and the k = 5000 test NLL), Bowman et al. 2016 / Sonderby et al. 2016 (KL
 warm-up), Kingma et al. 2016 (free bits; the discretised logistic decoder), Madry et al. 2018
-(adversarial training, ``lit_genai.robustness.pgd``).
+(adversarial training, ``lit_genai.adversarial.attacks.pgd``).
 
 The maths lives in ``losses.py``; the encoder ``(x, y) -> (mean, logvar)`` and the decoder
 ``(z, y) -> raw output`` are injected (``lit_genai.nn.vae``). The scale of a Gaussian or logistic
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import torch
@@ -43,11 +44,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.adversarial.attacks import pgd
+from lit_genai.conditions import Cond, labels_of, sample_labels
 from lit_genai.data.binarize import binarize
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.metrics.likelihood import HALF_BIN, bits_per_dim, uniform_dequantization_offset
-from lit_genai.robustness import pgd
 from lit_genai.vae.losses import (
     bernoulli_log_likelihood,
     chunked_iwae_bound,
@@ -62,14 +64,25 @@ from lit_genai.vae.losses import (
 
 Likelihood = Literal["bernoulli", "gaussian", "logistic"]
 
-# Inference-time settings: not stored as hyperparameters, so that `test` / `predict` take them from
-# the command line (LightningCLI lets a checkpoint's hyperparameters override the command line).
-SAMPLING_OPTIONS = (
-    "sample_mean",
-    "val_importance_samples",
-    "test_importance_samples",
-    "importance_chunk_size",
-)
+# Evaluation settings: not stored as hyperparameters, so that `test` takes them from the command line
+# (LightningCLI lets a checkpoint's hyperparameters override the command line).
+EVALUATION_SETTINGS = ("val_importance_samples", "test_importance_samples", "importance_chunk_size")
+
+
+@dataclass(frozen=True)
+class VAESampling(paradigm.SamplingSettings):
+    """Inference-time settings of a VAE (docs/architecture.md, "Sampling settings").
+
+    Args:
+        mean: Return the decoder's mean image (True) or a draw from p(x|z) (binary for
+            ``bernoulli``, on the 8-bit grid for ``logistic``).
+        temperature: Scale of the prior draw, z = temperature * N(0, I) (1 = the model's prior;
+            below 1 trades variety for typical samples, as in Kingma & Dhariwal 2018, sec. 5).
+    """
+
+    mean: bool = True
+    temperature: float = 1.0
+
 
 # Learned log-scales are clamped below here (PixelCNN++'s code clamps the logistic's at -7).
 MIN_LOG_SCALE = -7.0
@@ -109,7 +122,6 @@ class VAE(LightningModule):
             protocol: 5000).
         importance_chunk_size: Samples decoded at once for those estimates (memory: chunk x batch
             images); the result does not depend on it.
-        sample_mean: ``sample()`` returns the decoder's mean image (True) or a draw from p(x|z).
         adversarial_eps: Adversarial training (Madry et al. 2018): PGD radius on the [-1, 1]
             scale; 0 = off. The attack maximises ``per_example_loss``.
         adversarial_norm: ``linf`` or ``l2``.
@@ -119,12 +131,12 @@ class VAE(LightningModule):
         lr_scheduler: Optional LR scheduler.
         lr_scheduler_interval: Step the scheduler every optimisation ``step`` or every ``epoch``.
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
+        sampling: Inference-time settings (``VAESampling``); kept out of checkpoints.
     """
 
     modality = "image"
     ema_target = None  # the whole module: networks and learned decoder scales
     latent_space = "continuous"
-    sampling_options = SAMPLING_OPTIONS
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
 
@@ -145,7 +157,6 @@ class VAE(LightningModule):
         val_importance_samples: int = 0,
         test_importance_samples: int = 5000,
         importance_chunk_size: int = 100,
-        sample_mean: bool = True,
         adversarial_eps: float = 0.0,
         adversarial_norm: Literal["linf", "l2"] = "linf",
         adversarial_steps: int = 7,
@@ -154,16 +165,18 @@ class VAE(LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: Literal["step", "epoch"] = "step",
         seed: int = 0,
+        sampling: VAESampling = VAESampling(),
     ) -> None:
         super().__init__()
         save_plain_hyperparameters(
-            self, objects=("encoder", "decoder", "optimizer", "lr_scheduler"), ignore=SAMPLING_OPTIONS
+            self, objects=("encoder", "decoder", "optimizer", "lr_scheduler"), ignore=EVALUATION_SETTINGS
         )
         self.encoder, self.decoder = encoder, decoder
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = int(getattr(decoder, "num_classes", num_classes))  # the classes the model uses
+        self.conditions = paradigm.conditions_of(self.num_classes)
+        self.sampling = sampling
         self.likelihood, self.binarization = likelihood, binarization
-        self.sample_mean = sample_mean
         self.val_importance_samples = val_importance_samples
         self.test_importance_samples = test_importance_samples
         self.importance_chunk_size = importance_chunk_size
@@ -220,7 +233,7 @@ class VAE(LightningModule):
     def prepare_inputs(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """The data as the likelihood models it: binarised by ``binarization`` (a ``dynamic`` draw from
         ``generator``, default seed 0), dequantised for a Gaussian decoder, or as it is. Attacks
-        (``lit_genai.robustness``) perturb these inputs, the ones the model is trained on."""
+        (``lit_genai.adversarial``) perturb these inputs, the ones the model is trained on."""
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         return self._prepare(x, "test", generator)
 
@@ -275,42 +288,38 @@ class VAE(LightningModule):
         self._evaluate("test", batch, batch_idx)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        scheduler = {
-            "scheduler": self.lr_scheduler(optimizer),
-            "interval": self.hparams.lr_scheduler_interval,
-            "monitor": "val/loss",  # read by ReduceLROnPlateau only
-        }
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return paradigm.optimizer_config(
+            self.optimizer(self.parameters()),
+            self.lr_scheduler,
+            interval=self.hparams.lr_scheduler_interval,
+            monitor="val/loss",  # read by ReduceLROnPlateau only
+        )
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def sample(
-        self,
-        n: int,
-        *,
-        cond: Optional[Tensor] = None,
-        generator: paradigm.Generators = None,
-        mean: Optional[bool] = None,
+        self, n: int, *, cond: Cond = None, generator: paradigm.Generators = None, **options: Any
     ) -> Tensor:
-        """Draw ``n`` images (n, C, H, W) in [-1, 1]: z ~ N(0, I), then the decoder.
+        """Draw ``n`` images (n, C, H, W) in [-1, 1]: z ~ N(0, temperature^2 I), then the decoder.
 
-        ``cond`` (n,) labels of a conditional VAE (None: drawn uniformly). ``mean`` (default
-        ``sample_mean``): the decoder's mean image, or a draw from p(x|z) (binary for ``bernoulli``,
-        on the 8-bit grid for ``logistic``). The same ``generator`` seeds give the same images;
-        ``generator`` may be one per sample.
+        ``cond``: ``{"label": (n,)}`` (or the bare labels) of a conditional VAE (None: drawn
+        uniformly). ``options``: ``VAESampling`` fields (``mean``, ``temperature``). The same
+        ``generator`` seeds give the same images; ``generator`` may be one per sample.
         """
-        mean = self.sample_mean if mean is None else mean
+        settings = self.sampling.replace(**options)
         z = paradigm.randn((n, self.latent_dim), generator, self.device)  # (n, D)
-        y = None
-        if self.num_classes > 0:
-            y = cond if cond is not None else paradigm.randint(self.num_classes, n, generator, self.device)
-            y = y.to(self.device)  # (n,)
+        if settings.temperature != 1.0:
+            z = settings.temperature * z
+        y = sample_labels(
+            n,
+            self.num_classes,
+            labels_of(self, cond),
+            generator,
+            self.device,
+        )  # (n,) or None
         with paradigm.eval_mode(self):
             out = self._decoder_output(z, y)  # (n, C, H, W)
-        if mean:
+        if settings.mean:
             return self._mean_image(out)
         u = torch.special.ndtr(paradigm.randn((n, *self.sample_shape), generator, self.device)).to(out)
         if self.likelihood == "bernoulli":
@@ -342,7 +351,7 @@ class VAE(LightningModule):
         B = x.shape[0]
 
         def log_weights(k: int) -> Tensor:
-            eps = _randn((k, B, self.latent_dim), generator, x)
+            eps = paradigm.randn((k, B, self.latent_dim), generator, x.device).to(x)
             z = mean + torch.exp(0.5 * logvar) * eps  # (k, B, D)
             return log_importance_weights(self._log_likelihood(z, y, x), z, mean, logvar)  # (k, B)
 
@@ -377,8 +386,8 @@ class VAE(LightningModule):
         """(whether the loggers write this training step's values, whether a progress bar shows them).
 
         Loggers write every ``trainer.log_every_n_steps`` steps and at the last one (Lightning's
-        rule) and Lightning drops step values logged at other steps; one ``self.log`` call costs
-        about 0.8 ms on a CPU core, some 7% of this MLP's step (``benchmarks/vae_step.py``). So the
+        rule) and Lightning drops step values logged at other steps; a ``self.log`` call is a
+        noticeable share of a small MLP's step (measured by ``benchmarks/vae_step.py``). So the
         terms are logged at the logger's steps only, and ``train/loss`` also at every step while a
         progress bar shows it (the bar costs more than the call). Outside a Trainer: both True.
         """
@@ -393,12 +402,11 @@ class VAE(LightningModule):
         """Negative ELBO (beta = 1) and, if asked, the IWAE NLL, with the binarisation, dequantisation
         and z noise drawn from a generator seeded by the batch index (distinct per rank)."""
         x, y = batch
-        B, trainer = x.shape[0], self._trainer
+        B = x.shape[0]
         y = y if self.num_classes > 0 else None
-        index = batch_idx * trainer.world_size + trainer.global_rank if trainer is not None else batch_idx
-        generator = torch.Generator().manual_seed(index)
+        generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         x = self._prepare(x, stage, generator)
-        terms = self._terms(x, y, _randn((1, B, self.latent_dim), generator, x))
+        terms = self._terms(x, y, paradigm.randn((1, B, self.latent_dim), generator, x.device).to(x))
         neg_elbo = (terms["rec"] + terms["kl"]).mean()
         self.log(f"{stage}/loss", neg_elbo, prog_bar=stage == "val", sync_dist=True, batch_size=B)
         self.log(f"{stage}/rec", terms["rec"].mean(), sync_dist=True, batch_size=B)
@@ -502,12 +510,6 @@ class VAE(LightningModule):
         if weights:
             terms["log_w"] = log_importance_weights(log_lik, z, mean, logvar)
         return terms
-
-
-def _randn(shape: tuple[int, ...], generator: Optional[torch.Generator], like: Tensor) -> Tensor:
-    """Standard normal noise drawn on the generator's device (the CPU) and moved to ``like``'s."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device).to(like)
 
 
 def _latent_dim(encoder: nn.Module, decoder: nn.Module) -> int:

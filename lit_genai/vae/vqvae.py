@@ -145,10 +145,7 @@ class VQVAE(LightningModule):
         self._evaluate("test", batch)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        return paradigm.optimizer_config(self.optimizer(self.parameters()), self.lr_scheduler)
 
     # ------------------------------------------------------------------ helpers
     def _terms(self, x: Tensor, update: Optional[bool] = None) -> dict[str, Tensor]:

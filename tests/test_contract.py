@@ -1,0 +1,516 @@
+"""The contracts of docs/architecture.md, checked once for every module an experiment uses.
+
+One row per (module, network) combination that an ``experiments/*.yaml`` file uses, at tiny sizes
+(``GENERATIVE``), and one per autoencoder (``AUTOENCODERS``). Each generative row is checked for:
+the ``GenerativeModule`` protocol; every sampling setting accepted as a ``sample()`` keyword and
+changing nothing when given its current value; one clear error for an unknown option; a batch equal
+to the same samples drawn one by one from the same per-sample seeds; ``sampling_settings()`` round
+trips through the evaluation protocol; ``predict`` writing files through the medium's route;
+``ema_target`` naming a submodule; ``cond={"label": ...}`` and a bare tensor giving the same samples.
+``test_every_experiment_has_a_row`` fails when an experiment uses a combination without a row: a new
+paradigm joins by adding one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from helpers import quiet_trainer
+from torch import Tensor
+
+from lit_genai import paradigm
+from lit_genai.ar import NextToken, NextTokenSampling
+from lit_genai.callbacks import SampleWriter
+from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.conditions import check_conditions
+from lit_genai.diffusion import EDM, Diffusion, DiffusionSampling, EDMSampling, FlowMatching, FlowSampling
+from lit_genai.errors import ConfigError
+from lit_genai.gan import GAN
+from lit_genai.masked import MaskedSampling, MaskedTokens
+from lit_genai.media import Waveforms, to_uint8
+from lit_genai.nn import UNet
+from lit_genai.nn.autoencoder import Decoder, Encoder
+from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from lit_genai.nn.dit import DiT
+from lit_genai.nn.pixelcnn import GatedPixelCNN
+from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
+from lit_genai.nn.transformer import GPT
+from lit_genai.nn.vae import MLPDecoder, MLPEncoder
+from lit_genai.nn.vq import VectorQuantizer
+from lit_genai.nn.wavenet import WaveNet
+from lit_genai.vae import VAE, VQVAE
+from lit_genai.vae.autoencoder import KLAutoencoder
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+K = 3  # classes of the conditional rows
+TEXT = list("abcdefghij")  # the toy vocabulary of the text rows (V = 10)
+
+
+class Decoding(L.LightningDataModule):
+    """What ``predict`` needs of a data module: sample indices and ``decode`` to the medium."""
+
+    def __init__(self, decode: Callable[[Tensor], Any], n: int = 4) -> None:
+        super().__init__()
+        self._decode, self.n = decode, n
+
+    def decode(self, samples: Tensor) -> Any:
+        return self._decode(samples)
+
+    def predict_dataloader(self):
+        return torch.utils.data.DataLoader(torch.arange(self.n), batch_size=2)
+
+
+def _images(samples: Tensor) -> Tensor:
+    return to_uint8(samples)
+
+
+def _text(ids: Tensor) -> list[str]:
+    return ["".join(TEXT[i] for i in row) for row in ids.tolist()]
+
+
+def _pixels(shape: tuple[int, ...], levels: int) -> Callable[[Tensor], Tensor]:
+    def decode(ids: Tensor) -> Tensor:  # (n, C*H*W) raster order, channels innermost -> (n, C, H, W)
+        C, H, W = shape
+        return (ids.view(-1, H, W, C).permute(0, 3, 1, 2) * (255 // (levels - 1))).to(torch.uint8)
+
+    return decode
+
+
+def _audio(ids: Tensor) -> Waveforms:
+    return Waveforms(ids.float() / 127.5 - 1, sample_rate=4000)
+
+
+def _unet(channels: int = 1, classes: int = K) -> UNet:
+    return UNet(
+        in_channels=channels,
+        base_channels=8,
+        channel_mult=(1,),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        num_groups=4,
+        num_classes=classes,
+    )
+
+
+def _dit(channels: int = 1, size: int = 8, patch: int = 4) -> DiT:
+    return DiT(
+        in_channels=channels,
+        image_size=size,
+        patch_size=patch,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        num_classes=K,
+        num_timesteps=30,
+    )
+
+
+def _gpt(vocab: int, block: int, causal: bool = True, classes: int = 0) -> GPT:
+    return GPT(
+        vocab_size=vocab, block_size=block, n_layer=1, n_head=2, n_embd=16, causal=causal, num_classes=classes
+    )
+
+
+def _diffusion(net, **kwargs) -> Diffusion:
+    options = dict(sample_shape=(1, 8, 8), num_classes=K, num_timesteps=30, beta_schedule="cosine")
+    return Diffusion(net, **{**options, **kwargs}, sampling=DiffusionSampling(steps=3, guidance_scale=1.0))
+
+
+# Each row: (the experiment combination it stands for, a factory of (module, data for predict)).
+# The key is (module class, the network classes, latent?) as the experiments' YAML files name them.
+GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], tuple[Any, Decoding]]]] = {
+    "diffusion-unet": (
+        ("Diffusion", ("UNet",), False),
+        lambda ae: (_diffusion(_unet()), Decoding(_images)),
+    ),
+    "diffusion-dit": (
+        ("Diffusion", ("DiT",), False),
+        lambda ae: (_diffusion(_dit()), Decoding(_images)),
+    ),
+    "latent-diffusion-unet": (
+        ("Diffusion", ("UNet",), True),
+        lambda ae: (
+            Diffusion(
+                _unet(channels=2),
+                sample_shape=(1, 28, 28),
+                num_classes=K,
+                num_timesteps=30,
+                beta_schedule="cosine",
+                autoencoder=str(ae),
+                sampling=DiffusionSampling(sampler="dpm_solver++", steps=2, guidance_scale=1.0),
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "latent-diffusion-dit": (
+        ("Diffusion", ("DiT",), True),
+        lambda ae: (
+            Diffusion(
+                _dit(channels=2, size=7, patch=1),
+                sample_shape=(1, 28, 28),
+                num_classes=K,
+                num_timesteps=30,
+                beta_schedule="cosine",
+                autoencoder=str(ae),
+                sampling=DiffusionSampling(steps=2),
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "edm-unet": (
+        ("EDM", ("UNet",), False),
+        lambda ae: (
+            EDM(
+                _unet(),
+                sample_shape=(1, 8, 8),
+                num_classes=K,
+                sampling=EDMSampling(steps=2, guidance_scale=1.0),
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "flow-unet": (
+        ("FlowMatching", ("UNet",), False),
+        lambda ae: (
+            FlowMatching(_unet(), sample_shape=(1, 8, 8), num_classes=K, sampling=FlowSampling(steps=2)),
+            Decoding(_images),
+        ),
+    ),
+    "gan-dcgan": (
+        ("GAN", ("DCGANDiscriminator", "DCGANGenerator"), False),
+        lambda ae: (
+            GAN(
+                DCGANGenerator(latent_dim=8, out_channels=1, image_size=28, base_channels=4, num_classes=K),
+                DCGANDiscriminator(in_channels=1, image_size=28, base_channels=4, num_classes=K),
+                sample_shape=(1, 28, 28),
+                num_classes=K,
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "gan-resnet": (
+        ("GAN", ("ResNetDiscriminator", "ResNetGenerator"), False),
+        lambda ae: (
+            GAN(
+                ResNetGenerator(latent_dim=8, out_channels=3, image_size=32, base_channels=8),
+                ResNetDiscriminator(in_channels=3, image_size=32, base_channels=8),
+                sample_shape=(3, 32, 32),
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "vae-mlp": (
+        ("VAE", ("MLPDecoder", "MLPEncoder"), False),
+        lambda ae: (
+            VAE(
+                MLPEncoder(hidden=(16,), latent_dim=4),
+                MLPDecoder(hidden=(16,), latent_dim=4),
+                sample_shape=(1, 28, 28),
+                binarization="dynamic",
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "gpt-text": (
+        ("NextToken", ("GPT",), False),
+        lambda ae: (
+            NextToken(
+                _gpt(10, 16, classes=K),
+                vocab_size=10,
+                block_size=16,
+                num_classes=K,
+                vocabulary=TEXT,
+                sampling=NextTokenSampling(max_new_tokens=5, prompt="ab"),
+            ),
+            Decoding(_text),
+        ),
+    ),
+    "pixelcnn-pixels": (
+        ("NextToken", ("GatedPixelCNN",), False),
+        lambda ae: (
+            NextToken(
+                GatedPixelCNN(
+                    image_shape=(1, 4, 4), levels=2, hidden=8, n_layers=2, output_hidden=8, num_classes=K
+                ),
+                vocab_size=2,
+                block_size=16,
+                num_classes=K,
+                modality="image",
+            ),
+            Decoding(_pixels((1, 4, 4), 2)),
+        ),
+    ),
+    "wavenet-audio": (
+        ("NextToken", ("WaveNet",), False),
+        lambda ae: (
+            NextToken(
+                WaveNet(
+                    residual_channels=4,
+                    gate_channels=8,
+                    skip_channels=8,
+                    layers_per_stack=3,
+                    stacks=1,
+                    num_classes=K,
+                    block_size=32,
+                ),
+                vocab_size=256,
+                block_size=32,
+                num_classes=K,
+                modality="audio",
+                sampling=NextTokenSampling(max_new_tokens=6, prompt="128"),
+            ),
+            Decoding(_audio),
+        ),
+    ),
+    "maskgit-image-tokens": (
+        ("MaskedTokens", ("GPT",), False),
+        lambda ae: (
+            MaskedTokens(
+                _gpt(9, 4, causal=False, classes=K),
+                vocab_size=8,
+                block_size=4,
+                num_classes=K,
+                modality="image",
+                sampling=MaskedSampling(steps=2, guidance=1.0),
+            ),
+            Decoding(_pixels((1, 2, 2), 8)),
+        ),
+    ),
+    "masked-text": (
+        ("MaskedTokens", ("GPT",), False),
+        lambda ae: (
+            MaskedTokens(
+                _gpt(11, 12, causal=False),
+                vocab_size=10,
+                block_size=12,
+                vocabulary=TEXT,
+                modality="text",
+                sampling=MaskedSampling(steps=3, prompt="ab__c"),
+            ),
+            Decoding(_text),
+        ),
+    ),
+}
+
+
+def _kl() -> KLAutoencoder:
+    common = dict(image_size=8, base_channels=4, channel_mult=(1, 2), num_res_blocks=1, latent_channels=2)
+    return KLAutoencoder(
+        Encoder(in_channels=1, double_latent=True, num_groups=2, **common),
+        Decoder(out_channels=1, num_groups=2, **common),
+        sample_shape=(1, 8, 8),
+        scale_factor=1.0,
+    )
+
+
+def _vq() -> VQVAE:
+    common = dict(image_size=8, base_channels=4, channel_mult=(1, 2), num_res_blocks=1, latent_channels=4)
+    return VQVAE(
+        Encoder(in_channels=1, num_groups=2, **common),
+        Decoder(out_channels=1, num_groups=2, **common),
+        VectorQuantizer(num_codes=8, code_dim=4),
+        sample_shape=(1, 8, 8),
+    )
+
+
+AUTOENCODERS: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[], Any]]] = {
+    "kl-autoencoder": (("KLAutoencoder", ("Decoder", "Encoder"), False), _kl),
+    "vqvae": (("VQVAE", ("Decoder", "Encoder", "VectorQuantizer"), False), _vq),
+    "vae": (
+        ("VAE", ("MLPDecoder", "MLPEncoder"), False),
+        lambda: VAE(
+            MLPEncoder(image_size=8, hidden=(8,), latent_dim=3),
+            MLPDecoder(image_size=8, hidden=(8,), latent_dim=3),
+            sample_shape=(1, 8, 8),
+        ),
+    ),
+}
+
+
+@pytest.fixture(params=list(GENERATIVE))
+def case(request, ae_checkpoint) -> tuple[Any, Decoding]:
+    torch.manual_seed(0)
+    return GENERATIVE[request.param][1](ae_checkpoint)
+
+
+def _seeds(indices) -> list[torch.Generator]:
+    return paradigm.sample_generators(7, indices)
+
+
+def _labels(module: Any, n: int) -> dict[str, Any]:
+    """``cond`` for n samples: labels cycling over the classes of a conditional module, else none."""
+    return {"cond": torch.arange(n) % module.num_classes} if module.num_classes > 0 else {}
+
+
+def _same(a: Tensor, b: Tensor) -> None:
+    if a.is_floating_point():
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # batched matmuls round differently
+    else:
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------- generative modules
+
+
+def test_keeps_the_protocol(case):
+    module, _ = case
+    assert isinstance(module, paradigm.GenerativeModule)
+    assert paradigm.is_generative(module)
+    assert isinstance(module.sampling, paradigm.SamplingSettings)
+    assert dataclasses.is_dataclass(module.sampling)
+    assert set(module.conditions) <= {"label", "mels"}
+    assert ("label" in module.conditions) == (module.num_classes > 0)
+    assert "sampling" not in module.hparams  # the command line's settings are never overridden
+
+
+def test_every_setting_is_a_sample_keyword_that_changes_nothing_at_its_value(case):
+    module, _ = case
+    cond = _labels(module, 2)
+    reference = module.sample(2, generator=_seeds(range(2)), **cond)
+    for name in module.sampling.names():
+        again = module.sample(2, generator=_seeds(range(2)), **cond, **{name: getattr(module.sampling, name)})
+        _same(again, reference)
+
+
+def test_an_unknown_option_is_one_clear_error(case):
+    module, _ = case
+    with pytest.raises(ConfigError, match=r"unknown sampling option\(s\) stepz .*the options are: ") as error:
+        module.sample(1, stepz=3)
+    assert "\n" not in str(error.value)
+    for name in module.sampling.names():  # the message lists the allowed names
+        assert name in str(error.value)
+
+
+def test_a_batch_equals_the_same_samples_drawn_one_by_one(case):
+    module, _ = case
+    n = 3
+    cond = _labels(module, n)
+    batch = module.sample(n, generator=_seeds(range(n)), **cond)
+    for i in range(n):
+        one = {"cond": cond["cond"][i : i + 1]} if cond else {}
+        _same(module.sample(1, generator=_seeds([i]), **one), batch[i : i + 1])
+
+
+def test_sampling_settings_round_trip_through_the_evaluation_protocol(case):
+    module, _ = case
+    settings = module.sampling_settings()
+    assert list(settings) == list(module.sampling.names())
+    assert type(module.sampling)(**settings) == module.sampling
+    name = module.sampling.names()[0]
+    value = getattr(module.sampling, name)
+    callback = Evaluation(sampling={name: value})
+    protocol = callback._sampler_settings(quiet_trainer(".", logger=False), module)
+    recorded = json.loads(json.dumps(protocol))  # as the test JSON and W&B store it
+    assert {k: v for k, v in recorded.items() if k not in ("seed", "ema")} == json.loads(json.dumps(settings))
+    assert recorded["seed"] == callback.seed and recorded["ema"] is False
+
+
+def test_predict_writes_files_through_the_mediums_route(case, tmp_path):
+    module, data = case
+    writer = SampleWriter(output_dir=str(tmp_path))
+    quiet_trainer(tmp_path, callbacks=[writer], accelerator="cpu").predict(module, datamodule=data)
+    suffix = {"image": ".png", "text": ".txt", "audio": ".wav"}[module.modality]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for i in range(data.n):
+        assert f"sample_{i:05d}{suffix}" in names
+
+
+def test_ema_target_names_a_submodule(case):
+    module, _ = case
+    target = module.ema_target
+    if target is None:  # the whole module
+        return
+    assert isinstance(getattr(module, target), torch.nn.Module)
+    assert dict(module.named_children())[target] is getattr(module, target)
+
+
+def test_a_label_mapping_and_a_bare_tensor_give_the_same_samples(case):
+    module, _ = case
+    labels = torch.arange(2) % max(module.num_classes, 1)
+    if module.num_classes == 0:  # an unconditional model refuses labels in both forms
+        for cond in ({"label": labels}, labels):
+            with pytest.raises(ConfigError, match="condition"):
+                module.sample(2, cond=cond)
+        return
+    a = module.sample(2, cond={"label": labels}, generator=_seeds(range(2)))
+    b = module.sample(2, cond=labels, generator=_seeds(range(2)))
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="unknown condition\\(s\\) colour"):
+        module.sample(2, cond={"label": labels, "colour": labels})
+
+
+def test_conditions_are_compared_with_the_data(case):
+    module, _ = case
+
+    class Data(L.LightningDataModule):
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.num_classes = num_classes
+
+    check_conditions(module, Data(module.num_classes))  # what the data provides: fine
+    if module.num_classes > 0:
+        with pytest.raises(ConfigError, match="conditioned on label but the data .* provides none"):
+            check_conditions(module, Data(0))
+
+
+# ---------------------------------------------------------------------- autoencoders
+
+
+@pytest.mark.parametrize("name", list(AUTOENCODERS))
+def test_autoencoders_keep_their_protocol(name):
+    torch.manual_seed(0)
+    module = AUTOENCODERS[name][1]()
+    assert isinstance(module, paradigm.Autoencoder) and paradigm.is_autoencoder(module)
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    module.eval()
+    z = module.encode(x)
+    assert tuple(z.shape) == (2, *module.latent_shape)
+    assert (z.dtype == torch.long) == (module.latent_space == "discrete")
+    images = module.decode(z)
+    assert images.shape == x.shape and images.min() >= -1 and images.max() <= 1
+    torch.testing.assert_close(module.reconstruct(x), images, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    loss = module.per_example_loss(x)  # (B,), differentiable in x: what attacks need
+    assert loss.shape == (2,)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------- coverage
+
+
+def _combination(path: Path) -> tuple[str, tuple[str, ...], bool]:
+    config = yaml.safe_load(path.read_text())
+    model = config["model"]
+    init_args = model.get("init_args", {})
+    nets = tuple(
+        sorted(
+            value["class_path"].rsplit(".", 1)[-1]
+            for key, value in init_args.items()
+            if isinstance(value, dict)
+            and "class_path" in value
+            and not key.startswith(("optimizer", "lr_scheduler"))
+        )
+    )
+    return model["class_path"].rsplit(".", 1)[-1], nets, bool(init_args.get("autoencoder"))
+
+
+def test_every_experiment_has_a_row():
+    rows = {key for key, _ in GENERATIVE.values()} | {key for key, _ in AUTOENCODERS.values()}
+    missing = {}
+    for path in sorted(EXPERIMENTS.glob("*/*.yaml")):
+        key = _combination(path)
+        if key[0] == "Classifier":  # the evaluation extractor: not a generative model or autoencoder
+            continue
+        if key not in rows:
+            missing[path.name] = key
+    assert not missing, f"add a row to tests/test_contract.py for: {missing}"
