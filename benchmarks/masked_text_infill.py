@@ -27,7 +27,7 @@ import re
 import torch
 
 from lit_genai import paradigm
-from lit_genai.data.text import pydoc_topics_text
+from lit_genai.data.text_sources import pydoc_topics_text
 from lit_genai.masked import MaskedTokens
 
 PROMPTS = (

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import torch
 
-import lit_genai.data.text as text_module
+import lit_genai.data.text_sources as text_sources
 from lit_genai.atomic import atomic_file
 from lit_genai.data.audio import AudioFolder
 from lit_genai.data.text import CharText
@@ -73,11 +73,13 @@ def test_the_audio_cache_leaves_another_nodes_partial_file_alone(tmp_path, same_
 
 def test_the_text_download_leaves_another_nodes_partial_file_alone(tmp_path, monkeypatch, same_pid):
     play = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
-    monkeypatch.setattr(text_module.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(play.encode()))
-    partial = _foreign_partial(tmp_path / text_module.TINY_SHAKESPEARE_FILE)
+    monkeypatch.setattr(
+        text_sources.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(play.encode())
+    )
+    partial = _foreign_partial(tmp_path / text_sources.TINY_SHAKESPEARE_FILE)
     CharText(name="tiny_shakespeare", root=str(tmp_path), download=True, block_size=8)
     assert partial.read_bytes() == b"another node, still writing"
-    assert (tmp_path / text_module.TINY_SHAKESPEARE_FILE).read_text() == play
+    assert (tmp_path / text_sources.TINY_SHAKESPEARE_FILE).read_text() == play
 
 
 def test_the_token_cache_leaves_another_nodes_partial_file_alone(tmp_path, same_pid):

@@ -19,8 +19,10 @@ from lightning.pytorch.callbacks import Callback
 from toys import TokenToyModel
 
 import lit_genai.data.text as text_module
+import lit_genai.data.text_sources as text_sources
 from lit_genai.cli import LitGenAICLI
-from lit_genai.data.text import CharText, pydoc_topics_text
+from lit_genai.data.text import CharText
+from lit_genai.data.text_sources import pydoc_topics_text
 from lit_genai.errors import ConfigError, DataNotFoundError
 from lit_genai.media import write_text
 
@@ -278,10 +280,10 @@ def test_tiny_shakespeare_reads_root_or_path_and_downloads_when_asked(tmp_path, 
         fetched.append(url)
         return io.BytesIO(play.encode())
 
-    monkeypatch.setattr(text_module.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(text_sources.urllib.request, "urlopen", fake_urlopen)
     root = tmp_path / "data"
     data = CharText(name="tiny_shakespeare", root=str(root), download=True, block_size=8)
-    assert fetched == [text_module.TINY_SHAKESPEARE_URL] and data.num_tokens == len(play)
+    assert fetched == [text_sources.TINY_SHAKESPEARE_URL] and data.num_tokens == len(play)
     assert (root / "tinyshakespeare.txt").read_text() == play and not list(root.glob("*.partial"))
     data.prepare_data()  # already there: no second download
     assert len(fetched) == 1
@@ -289,7 +291,7 @@ def test_tiny_shakespeare_reads_root_or_path_and_downloads_when_asked(tmp_path, 
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(text_module.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(text_sources.urllib.request, "urlopen", offline)
     with pytest.raises(DataNotFoundError) as err:
         CharText(name="tiny_shakespeare", root=str(tmp_path / "other"), download=True, block_size=8)
     assert "--data.path" in _one_line(err) and not list((tmp_path / "other").glob("*"))
@@ -383,7 +385,7 @@ class FakeEncoding:
 @pytest.fixture()
 def fake_gpt2(monkeypatch) -> FakeEncoding:
     encoding = FakeEncoding()
-    monkeypatch.setattr(text_module, "_gpt2_encoding", lambda: encoding)
+    monkeypatch.setattr(text_module, "gpt2_encoding", lambda: encoding)
     return encoding
 
 

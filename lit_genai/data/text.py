@@ -7,28 +7,25 @@ Shakespeare (karpathy/char-rnn) or the Python standard library's help topics
 ``num_classes`` and ``vocabulary`` exist before any batch is drawn and the command line links them
 into the model (docs/architecture.md, "Data and model").
 
-Tokenizers:
+Tokenizers (``lit_genai.data.tokenizers``):
 
 - ``"char"``: the sorted set of the characters of the whole corpus (all documents, all splits), as
   nanoGPT's ``data/shakespeare_char/prepare.py``: Tiny Shakespeare gives 65 symbols.
   ``vocabulary`` is that list of characters; it also travels in the data module's ``state_dict()``,
   so a checkpoint can turn token ids back into text without the corpus.
-- ``"byte"``: the UTF-8 bytes of the files, 256 ids; any file can be read. ``vocabulary`` is None:
-  ids are bytes by definition, and per-id symbols would break multi-byte characters; ``decode``
-  joins a row's bytes and decodes them as UTF-8 with ``errors="replace"``.
-- ``"gpt2"``: GPT-2's byte-pair encoding through ``tiktoken`` (an optional package; its first use
-  downloads the BPE files once, then caches them under ``$TIKTOKEN_CACHE_DIR`` or a temporary folder),
-  50257 ids, ``vocabulary`` None; ``encode`` is ``encode_ordinary`` and ``decode`` the encoding's.
-  As nanoGPT's ``data/openwebtext/prepare.py``, every document is ``encode_ordinary(text)`` followed
-  by ``<|endoftext|>`` (``eot_token``, 50256), all documents form one stream, and the stream is
-  written once as a flat uint16 file, ``<folder>/.lit_genai_tokens/<digest>.bin`` next to the data
-  (``root``, or the folder of / named by ``path``; the digest covers the files' names, sizes and
-  modification times and the tokenizer; written to a temporary name, then renamed). Later runs map
-  it with ``np.memmap(mode="r")`` and each window is converted to int64 on its own, so the corpus
-  never has to fit in memory. The file is written by ``prepare_data`` or ``setup`` (the files are
-  not read in ``__init__``; ``num_tokens`` is None until then). Splits are by position over the
-  whole stream (nanoGPT's ``data[:int(n * 0.9)]``), so windows may span ``<|endoftext|>`` between
-  documents; ``labels`` is not available.
+- ``"byte"``: the UTF-8 bytes of the files, 256 ids; any file can be read. ``vocabulary`` is None;
+  ``decode`` decodes a row's bytes as UTF-8 with ``errors="replace"``.
+- ``"gpt2"``: GPT-2's byte-pair encoding through ``tiktoken`` (optional), 50257 ids, ``vocabulary``
+  None. As nanoGPT's ``data/openwebtext/prepare.py``, all documents, each followed by
+  ``<|endoftext|>``, form one stream, written once as a flat uint16 file in ``.lit_genai_tokens/``
+  next to the data and memory-mapped afterwards (``lit_genai.data.token_file``), so the corpus never
+  has to fit in memory. The file is written by ``prepare_data`` or ``setup`` (the files are not read
+  in ``__init__``; ``num_tokens`` is None until then). Splits are by position over the whole stream
+  (nanoGPT's ``data[:int(n * 0.9)]``), so windows may span ``<|endoftext|>`` between documents;
+  ``labels`` is not available.
+
+Corpora are read by ``lit_genai.data.text_sources``; windows are drawn by
+``lit_genai.data.text_windows``.
 
 Splits (by position, as nanoGPT's ``train_data = data[:int(n * 0.9)]``): the first
 ``1 - val_fraction`` of each document's tokens trains, the rest validates; ``test`` is the
@@ -58,119 +55,37 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lit_genai.atomic import atomic_file
 from lit_genai.data.loaders import SplitLoaders
-from lit_genai.errors import ConfigError, DataNotFoundError
-
-TINY_SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+from lit_genai.data.text_sources import (
+    pydoc_topics,
+    pydoc_topics_text,
+    read_document,
+    text_files,
+    tiny_shakespeare_file,
 )
-TINY_SHAKESPEARE_FILE = "tinyshakespeare.txt"
+from lit_genai.data.text_windows import FixedWindows, RandomWindows
+from lit_genai.data.token_file import TokenFile, cache_folder, stream_digest, write_token_file
+from lit_genai.data.tokenizers import (
+    as_bytes,
+    char_index,
+    decode_ids,
+    document_ids,
+    encode_text,
+    gpt2_encoding,
+    vocabulary_of,
+)
+from lit_genai.errors import ConfigError
+
 _KEY = "data.init_args"
-
-
-def pydoc_topics() -> dict[str, str]:
-    """The standard library's help topics (``pydoc_data.topics.topics``) in sorted key order: topic
-    name (``"for"``, ``"string-methods"``, ...) -> its text; about 80 topics, offline on any Python."""
-    from pydoc_data.topics import topics
-
-    return {key: topics[key] for key in sorted(topics)}
-
-
-def pydoc_topics_text() -> str:
-    """The help topics joined in sorted key order with one newline between topics: about 465k
-    characters."""
-    return "\n".join(pydoc_topics().values())
-
-
-# ---------------------------------------------------------------------- datasets
-
-
-class _RandomWindows(Dataset):
-    """Window k starts at a uniform valid offset drawn from ``default_rng((seed, k))``.
-
-    Args:
-        tokens: The corpus, (N,) int64 (or a ``_TokenFile``), documents back to back.
-        starts: (S,) every valid start of a window of ``block_size + 1`` tokens, in order: an int64
-            tensor, or a ``range`` (never materialised, for corpora larger than memory).
-        labels: (S,) int64 the document of each start, or None.
-        block_size: Tokens of x (and of y).
-        seed: First entropy word of every window's generator.
-        length: Windows per epoch (``len`` of the set; indices beyond it belong to later epochs).
-    """
-
-    def __init__(
-        self,
-        tokens: Any,
-        starts: Sequence[int],
-        labels: Optional[Tensor],
-        block_size: int,
-        seed: int,
-        length: int,
-    ) -> None:
-        self.tokens, self.starts, self.labels = tokens, starts, labels
-        self.block_size, self.seed, self.length = block_size, seed, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, k: int) -> tuple[Tensor, ...]:
-        j = int(np.random.default_rng((self.seed, int(k))).integers(len(self.starts)))
-        return _window(self.tokens, self.starts, self.labels, j, self.block_size)
-
-
-class _FixedWindows(Dataset):
-    """Window j is ``tokens[starts[j] : starts[j] + block_size + 1]`` as (x, y[, c])."""
-
-    def __init__(self, tokens: Any, starts: Sequence[int], labels: Optional[Tensor], block_size: int) -> None:
-        self.tokens, self.starts, self.labels, self.block_size = tokens, starts, labels, block_size
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, j: int) -> tuple[Tensor, ...]:
-        return _window(self.tokens, self.starts, self.labels, j, self.block_size)
-
-
-class _TokenFile:
-    """A flat uint16 token file, mapped with ``np.memmap(mode="r")`` on first use (in each worker process:
-    the map itself is not pickled); slices are int64 tensors, so only a window is ever converted."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self._map = path, None
-
-    def __len__(self) -> int:
-        return self.path.stat().st_size // 2
-
-    def __getitem__(self, index: slice) -> Tensor:
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint16, mode="r")
-        return torch.from_numpy(self._map[index].astype(np.int64))  # (n,)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_map": None}
-
-
-def _window(tokens: Any, starts: Sequence[int], labels: Optional[Tensor], j: int, block_size: int):
-    start = int(starts[j])
-    chunk = tokens[start : start + block_size + 1]  # (T + 1,)
-    x, y = chunk[:-1], chunk[1:]  # (T,), (T,): y is x shifted by one token
-    return (x, y) if labels is None else (x, y, labels[j])
-
-
-# ---------------------------------------------------------------------- the data module
 
 
 class CharText(SplitLoaders, L.LightningDataModule):
@@ -239,7 +154,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
         self.val_fraction, self.steps_per_epoch, self.labels = val_fraction, steps_per_epoch, labels
         self.seed, self.num_workers, self.predict_samples = seed, num_workers, predict_samples
 
-        self._encoding = _gpt2_encoding() if tokenizer == "gpt2" else None
+        self._encoding = gpt2_encoding() if tokenizer == "gpt2" else None
         if labels and tokenizer == "gpt2":
             raise ConfigError(
                 f"{_KEY}.labels=true labels windows by file, but {_KEY}.tokenizer=gpt2 joins the documents "
@@ -271,7 +186,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
         else:
             self.vocabulary = None
             self.vocab_size = 256
-        self._index = self._lookup()
+        self._index = char_index(self.vocabulary)
         self.num_classes = len(self.files) if labels else 0
         # The name of each label: the file's stem, or the help topic (None without labels).
         self.class_names: Optional[list[str]] = (
@@ -293,7 +208,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
                     f"{file} has {len(document)} tokens, fewer than {_KEY}.block_size + 1 = "
                     f"{block_size + 1}: lower block_size or use a longer text"
                 )
-        self._digest = hashlib.sha256(b"\0".join(_as_bytes(d) for d in raw)).hexdigest()[:16]
+        self._digest = hashlib.sha256(b"\0".join(as_bytes(d) for d in raw)).hexdigest()[:16]
 
     # ------------------------------------------------------------------ reading
     def _source(self) -> str:
@@ -312,35 +227,19 @@ class CharText(SplitLoaders, L.LightningDataModule):
                 names, texts = ["pydoc_data.topics"], [pydoc_topics_text()]
             return list(names), [t if self.tokenizer == "char" else t.encode("utf-8") for t in texts]
         if self.name == "tiny_shakespeare":
-            file = Path(self.path) if self.path is not None else Path(self.root) / TINY_SHAKESPEARE_FILE
-            if not file.is_file() and self.download and self.path is None:
-                self._download(file)
-            if not file.is_file():
-                raise DataNotFoundError(
-                    f"Tiny Shakespeare not found at {str(file)!r}: pass --data.download true (needs "
-                    f"internet) or --data.path to a local copy of {TINY_SHAKESPEARE_URL}"
-                )
-            files = [file]
+            files = [tiny_shakespeare_file(self.path, self.root, self.download)]
         elif self.path is None:
             raise ConfigError(
                 f"CharText needs a corpus: set {_KEY}.path (a text file or folder) or {_KEY}.name"
             )
         else:
-            root = Path(self.path)
-            if root.is_dir():
-                files = sorted(root.glob("*.txt"))
-                if not files:
-                    raise DataNotFoundError(f"No .txt files in the folder {self.path!r} ({_KEY}.path)")
-            elif root.is_file():
-                files = [root]
-            else:
-                raise DataNotFoundError(f"{_KEY}.path={self.path!r}: no such file or folder")
+            files = text_files(self.path)
         if self.tokenizer == "gpt2":
             for file in files:
                 if file.stat().st_size == 0:
                     raise ConfigError(f"{file} is empty ({self._source()}): give a file with text in it")
             return [str(f) for f in files], None
-        return [str(f) for f in files], [self._read_file(f) for f in files]
+        return [str(f) for f in files], [self._read_document(f) for f in files]
 
     def _drop_short_topics(self, raw: list[Any], block_size: int) -> list[Any]:
         """Keep the help topics whose training part holds a window of ``block_size + 1`` tokens; the
@@ -356,137 +255,43 @@ class CharText(SplitLoaders, L.LightningDataModule):
         self.files = [self.files[i] for i in keep]
         return [raw[i] for i in keep]
 
-    def _read_file(self, file: Path) -> Any:
-        data = file.read_bytes()
-        if not data:
-            raise ConfigError(f"{file} is empty ({self._source()}): give a file with text in it")
-        if self.tokenizer == "byte":
-            return data
-        try:
-            return data.decode("utf-8")  # exactly the file's characters (no newline translation)
-        except UnicodeDecodeError as err:
-            raise ConfigError(
-                f"{file} is not UTF-8 at byte offset {err.start} ({err.reason}): pass "
-                f"--data.tokenizer byte, or re-encode the file as UTF-8"
-            ) from err
-
-    def _download(self, file: Path) -> None:
-        """Fetch Tiny Shakespeare into ``file`` (written to a temporary name, then renamed: readers
-        and concurrent downloads see the whole file or none)."""
-        try:
-            with (
-                urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=60) as response,
-                atomic_file(file) as out,
-            ):
-                out.write(response.read())
-        except OSError as err:  # URLError (no network) and HTTPError are OSErrors
-            raise DataNotFoundError(
-                f"Downloading Tiny Shakespeare into {str(file)!r} failed ({err}). Without internet, fetch "
-                f"{TINY_SHAKESPEARE_URL} elsewhere and pass --data.path to it (or put it at {str(file)!r})."
-            ) from err
+    def _read_document(self, file: Path) -> Any:
+        """A file's text (bytes for the byte tokenizer)."""
+        return read_document(file, self.tokenizer == "byte", self._source())
 
     def prepare_data(self) -> None:
         if self.name == "tiny_shakespeare" and self.download and self.path is None:
-            file = Path(self.root) / TINY_SHAKESPEARE_FILE
-            if not file.is_file():
-                self._download(file)
+            tiny_shakespeare_file(None, self.root, download=True)
         if self._encoding is not None:
             self._token_file()
 
     # ------------------------------------------------------------------ the gpt2 token file
-    def _cache_folder(self) -> Path:
-        """``.lit_genai_tokens`` in ``root`` (no ``path``), in the folder ``path`` names, or beside it."""
-        if self.path is None:
-            return Path(self.root) / ".lit_genai_tokens"
-        path = Path(self.path)
-        return (path if path.is_dir() else path.parent) / ".lit_genai_tokens"
-
     def _stream_digest(self) -> str:
-        """The token file's name: the tokenizer and the files' names, sizes and modification times (the
-        help topics' text itself, which has no file)."""
-        encoding = self._encoding
-        digest = hashlib.sha256(f"{self.tokenizer}:{encoding.n_vocab}:{encoding.eot_token}".encode())
-        if self.documents is not None:
-            digest.update(b"".join(_as_bytes(d) for d in self.documents))
-        for name in self.files:
-            stat = Path(name).stat()
-            digest.update(f"\0{Path(name).resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
+        """The token file's name (``token_file.stream_digest``)."""
+        return stream_digest(self.tokenizer, self._encoding, self.documents, self.files)
 
     def _token_file(self) -> Path:
-        """Write the stream (each document's ``encode_ordinary`` ids, then ``eot_token``) as flat uint16
-        once, as nanoGPT's openwebtext ``train.bin``, appending document by document; return its path."""
-        file = self._cache_folder() / f"{self._digest}.bin"
-        if file.is_file():
-            return file
+        """The stream's uint16 file, written once (``token_file.write_token_file``); its path."""
+        file = cache_folder(self.path, self.root) / f"{self._digest}.bin"
         documents = self.documents
         if documents is None:  # files, read one at a time
-            documents = (self._read_file(Path(name)) for name in self.files)
-        with atomic_file(file) as out:  # readers see the whole file or none
-            for document in documents:
-                ids = [*self._encoding.encode_ordinary(document), self._encoding.eot_token]
-                np.asarray(ids, dtype=np.uint16).tofile(out)  # (N_d + 1,)
-        return file
+            documents = (self._read_document(Path(name)) for name in self.files)
+        return write_token_file(file, self._encoding, documents)
 
     # ------------------------------------------------------------------ tokens
-    def _lookup(self) -> Optional[dict[str, int]]:
-        return None if self.vocabulary is None else {s: i for i, s in enumerate(self.vocabulary)}
-
     def encode(self, text: str) -> Tensor:
         """A string -> its token ids, (T,) int64.
 
         Characters outside the vocabulary (char tokenizer) are one ``ConfigError`` naming them.
         """
-        if self._encoding is not None:
-            return torch.tensor(self._encoding.encode_ordinary(text), dtype=torch.long)  # (T,)
-        if self._index is None:  # bytes
-            return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)  # (T,)
-        unknown = sorted(set(text) - self._index.keys())
-        if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
-            raise ConfigError(
-                f"the text has {len(unknown)} character(s) outside the data's vocabulary of "
-                f"{self.vocab_size}: {shown}; remove them (or train with {_KEY}.tokenizer byte)"
-            )
-        return torch.tensor([self._index[c] for c in text], dtype=torch.long)  # (T,)
+        return encode_text(text, self._encoding, self._index, self.vocab_size)  # (T,)
 
     def decode(self, tokens: Tensor) -> list[str]:
         """The text medium: token ids (B, T) (or one row (T,)) -> B strings.
 
         Byte ids are decoded as UTF-8 with ``errors="replace"`` (a sample may stop inside a character).
         """
-        ids = torch.as_tensor(tokens).detach().long().cpu()
-        rows = (ids[None] if ids.dim() == 1 else ids).tolist()  # B lists of T ids
-        bad = [i for row in rows for i in row if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ConfigError(
-                f"token id {bad[0]} is outside the data's vocabulary of {self.vocab_size}: the model was "
-                "trained on other text (model vocab_size and data vocabulary differ)"
-            )
-        if self._encoding is not None:
-            return [self._encoding.decode(row) for row in rows]
-        if self.vocabulary is None:
-            return [bytes(row).decode("utf-8", errors="replace") for row in rows]
-        vocabulary = self.vocabulary
-        return ["".join(vocabulary[i] for i in row) for row in rows]
-
-    def _tokenize(self, document: Any) -> Tensor:
-        """A document -> (N,) int64 ids: bytes as they are, characters by their vocabulary index."""
-        if self.vocabulary is None:
-            return torch.from_numpy(np.frombuffer(document, dtype=np.uint8).astype(np.int64))  # (N,)
-        codes = np.array([ord(c) for c in self.vocabulary], dtype=np.uint32)  # (V,)
-        order = np.argsort(codes)  # (V,): a checkpoint's vocabulary need not be sorted
-        points = np.frombuffer(document.encode("utf-32-le"), dtype=np.uint32)  # (N,) code points
-        rank = np.searchsorted(codes[order], points).clip(max=len(codes) - 1)  # (N,)
-        ids = order[rank]  # (N,)
-        missing = codes[ids] != points
-        if missing.any():  # only after load_state_dict with another vocabulary
-            char = chr(int(points[missing.argmax()]))
-            raise ConfigError(
-                f"the checkpoint's vocabulary ({self.vocab_size} symbols) lacks the character {char!r} "
-                f"of {self._source()}: use the text the checkpoint was trained on"
-            )
-        return torch.from_numpy(ids.astype(np.int64))  # (N,)
+        return decode_ids(tokens, self._encoding, self.vocabulary, self.vocab_size)
 
     # ------------------------------------------------------------------ splits
     def setup(self, stage: Optional[str] = None) -> None:
@@ -501,7 +306,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
         tokens, train_starts, train_docs, val_starts, val_docs = [], [], [], [], []
         offset = 0
         for doc, document in enumerate(self.documents):
-            ids = self._tokenize(document)  # (N_d,)
+            ids = document_ids(document, self.vocabulary, self._source())  # (N_d,)
             n = len(ids)
             cut = int(n * (1 - self.val_fraction))  # first (1 - val_fraction) trains, as nanoGPT
             if cut < block + 1:
@@ -530,14 +335,14 @@ class CharText(SplitLoaders, L.LightningDataModule):
         train_labels = torch.cat(train_docs) if self.labels else None
         val_labels = torch.cat(val_docs) if self.labels and val_docs else None
         n = self.steps_per_epoch * self.batch_size
-        self.train_set = _RandomWindows(self.tokens, train, train_labels, block, self.seed, n)
-        self.val_set = _FixedWindows(self.tokens, val, val_labels, block)
+        self.train_set = RandomWindows(self.tokens, train, train_labels, block, self.seed, n)
+        self.val_set = FixedWindows(self.tokens, val, val_labels, block)
         self.test_set = self.val_set
 
     def _build_stream_sets(self) -> None:
         """The gpt2 splits: by position over the memory-mapped stream; starts are ranges, never arrays."""
         block = self.block_size
-        self.tokens = _TokenFile(self._token_file())
+        self.tokens = TokenFile(self._token_file())
         n = self.num_tokens = len(self.tokens)
         cut = int(n * (1 - self.val_fraction))  # first (1 - val_fraction) trains, as nanoGPT
         if cut < block + 1:
@@ -553,8 +358,8 @@ class CharText(SplitLoaders, L.LightningDataModule):
                 "block_size"
             )
         windows = self.steps_per_epoch * self.batch_size
-        self.train_set = _RandomWindows(self.tokens, range(cut - block), None, block, self.seed, windows)
-        self.val_set = _FixedWindows(self.tokens, range(cut, cut + block * count, block), None, block)
+        self.train_set = RandomWindows(self.tokens, range(cut - block), None, block, self.seed, windows)
+        self.val_set = FixedWindows(self.tokens, range(cut, cut + block * count, block), None, block)
         self.test_set = self.val_set
 
     # ------------------------------------------------------------------ checkpoints and caches
@@ -577,7 +382,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
             return
         self.vocabulary = vocabulary
         self.vocab_size = 256 if vocabulary is None else len(vocabulary)
-        self._index = self._lookup()
+        self._index = char_index(self.vocabulary)
         if self.train_set is not None:
             self._build_sets()
 
@@ -598,33 +403,3 @@ class CharText(SplitLoaders, L.LightningDataModule):
             out[name] = value
         out["content"] = self._digest
         return out
-
-
-_GPT2_HINT = (
-    "pip install tiktoken; its first use needs internet once to fetch the GPT-2 BPE files "
-    "(or set TIKTOKEN_CACHE_DIR to a folder holding them)"
-)
-
-
-def _gpt2_encoding() -> Any:
-    """``tiktoken.get_encoding("gpt2")``, or one line saying how to get it."""
-    try:
-        import tiktoken
-    except ImportError as err:
-        raise ConfigError(f"{_KEY}.tokenizer=gpt2 needs the tiktoken package: {_GPT2_HINT}") from err
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as err:  # offline: requests' ConnectionError; a bad cached file: ValueError
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise DataNotFoundError(
-            f"{_KEY}.tokenizer=gpt2: loading the GPT-2 BPE files failed ({reason}): {_GPT2_HINT}"
-        ) from err
-
-
-def _as_bytes(document: Any) -> bytes:
-    return document.encode("utf-8") if isinstance(document, str) else bytes(document)
-
-
-def vocabulary_of(texts: Sequence[str]) -> list[str]:
-    """The sorted set of the characters of ``texts`` (the char tokenizer's vocabulary)."""
-    return sorted(set().union(*(set(t) for t in texts)))

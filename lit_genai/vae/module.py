@@ -50,6 +50,7 @@ from lit_genai.data.binarize import binarize
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.metrics.likelihood import HALF_BIN, bits_per_dim, uniform_dequantization_offset
+from lit_genai.vae.checks import check_args, latent_dim
 from lit_genai.vae.losses import (
     bernoulli_log_likelihood,
     chunked_iwae_bound,
@@ -185,7 +186,7 @@ class VAE(LightningModule):
                 "model.val_importance_samples and test_importance_samples must be >= 0 (0 = off)"
             )
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        _check_args(self.hparams)
+        check_args(self.hparams)
         paradigm.check_net(encoder, "model.encoder", sample_shape=self.sample_shape, num_classes=num_classes)
         paradigm.check_net(
             decoder,
@@ -194,7 +195,7 @@ class VAE(LightningModule):
             num_classes=num_classes,
             channels_attr="out_channels",
         )
-        self.latent_dim = _latent_dim(encoder, decoder)
+        self.latent_dim = latent_dim(encoder, decoder)
         self.latent_shape: tuple[int, ...] = (self.latent_dim,)  # one encode() row (Autoencoder)
         self._encoder_classes = int(getattr(encoder, "num_classes", 0))
         if self._encoder_classes not in (0, self.num_classes):
@@ -510,41 +511,3 @@ class VAE(LightningModule):
         if weights:
             terms["log_w"] = log_importance_weights(log_lik, z, mean, logvar)
         return terms
-
-
-def _latent_dim(encoder: nn.Module, decoder: nn.Module) -> int:
-    dim = getattr(decoder, "latent_dim", None)
-    if not isinstance(dim, int) or dim < 1:
-        raise ConfigError(
-            f"model.decoder ({type(decoder).__name__}) needs an integer latent_dim attribute (the size "
-            "of z); use a decoder from lit_genai.nn.vae"
-        )
-    enc = getattr(encoder, "latent_dim", dim)
-    if enc != dim:
-        raise ConfigError(
-            f"model.encoder.latent_dim={enc} but model.decoder.latent_dim={dim}: set "
-            f"model.encoder.init_args.latent_dim: {dim}"
-        )
-    return dim
-
-
-def _check_args(hp: Any) -> None:
-    """One-line errors for settings that do not go together."""
-    if hp.binarization is not None and hp.likelihood != "bernoulli":
-        raise ConfigError(
-            f"model.init_args.binarization={hp.binarization} applies to likelihood 'bernoulli' only "
-            f"(likelihood is {hp.likelihood!r}): remove it"
-        )
-    if hp.gaussian_std is not None and (hp.likelihood != "gaussian" or not hp.gaussian_std > 0):
-        raise ConfigError(
-            f"model.init_args.gaussian_std={hp.gaussian_std} must be > 0 and needs likelihood 'gaussian' "
-            "(None learns the scale)"
-        )
-    if hp.free_bits > 0 and hp.objective == "iwae":
-        raise ConfigError("model.init_args.free_bits works with objective 'elbo' only: set it to 0")
-    for name in ("beta", "free_bits", "adversarial_eps"):
-        if hp[name] < 0:
-            raise ConfigError(f"model.init_args.{name}={hp[name]} must be >= 0")
-    for name in ("train_samples", "adversarial_steps"):
-        if hp[name] < 1:
-            raise ConfigError(f"model.init_args.{name}={hp[name]} must be >= 1")
