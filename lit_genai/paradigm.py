@@ -260,6 +260,22 @@ def evaluation_generator(trainer: Any, batch_idx: int, seed: int = 0) -> torch.G
     return torch.Generator().manual_seed(seed + evaluation_index(trainer, batch_idx))
 
 
+def logged_now(trainer: Any, global_step: int) -> tuple[bool, bool]:
+    """(whether the loggers write this training step's values, whether a progress bar shows them).
+
+    Loggers write every ``trainer.log_every_n_steps`` steps and at the last one (Lightning's rule)
+    and Lightning drops step values logged at other steps, while a ``self.log`` call is a noticeable
+    share of a small network's step (``benchmarks/vae_step.py``). A module can log its extra terms
+    at the logger's steps only, and its loss also at every step while a progress bar shows it (the
+    bar costs more than the call). Outside a Trainer: both True.
+    """
+    if trainer is None:
+        return True, True
+    n = trainer.log_every_n_steps
+    logger_step = n > 0 and ((global_step + 1) % n == 0 or trainer.should_stop)
+    return logger_step, trainer.progress_bar_callback is not None
+
+
 # ---------------------------------------------------------------------- optimisation
 
 

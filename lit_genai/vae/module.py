@@ -273,7 +273,7 @@ class VAE(LightningModule):
         else:
             kl = free_bits_kl(terms["kl_per_dim"], hp.free_bits) if hp.free_bits > 0 else terms["kl"].mean()
             loss = terms["rec"].mean() + (kl if weight == 1.0 else weight * kl)
-        logger_step, shown = self._logged_now()
+        logger_step, shown = paradigm.logged_now(self._trainer, self.global_step)
         if logger_step or shown:
             self.log("train/loss", loss, prog_bar=True, batch_size=B)
         if logger_step:
@@ -383,22 +383,6 @@ class VAE(LightningModule):
         }
 
     # ------------------------------------------------------------------ internals
-    def _logged_now(self) -> tuple[bool, bool]:
-        """(whether the loggers write this training step's values, whether a progress bar shows them).
-
-        Loggers write every ``trainer.log_every_n_steps`` steps and at the last one (Lightning's
-        rule) and Lightning drops step values logged at other steps; a ``self.log`` call is a
-        noticeable share of a small MLP's step (measured by ``benchmarks/vae_step.py``). So the
-        terms are logged at the logger's steps only, and ``train/loss`` also at every step while a
-        progress bar shows it (the bar costs more than the call). Outside a Trainer: both True.
-        """
-        trainer = self._trainer
-        if trainer is None:
-            return True, True
-        n = trainer.log_every_n_steps
-        logger_step = n > 0 and ((self.global_step + 1) % n == 0 or trainer.should_stop)
-        return logger_step, trainer.progress_bar_callback is not None
-
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Negative ELBO (beta = 1) and, if asked, the IWAE NLL, with the binarisation, dequantisation
         and z noise drawn from a generator seeded by the batch index (distinct per rank)."""
