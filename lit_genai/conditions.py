@@ -150,7 +150,7 @@ def drop_labels(
     probability ``probabilities["label"]`` (if given). None stays None."""
     if labels is None or not probabilities.get("label"):
         return labels
-    null = torch.tensor(num_classes, device=labels.device)
+    null = labels.new_full((), num_classes)  # filled on the device: no host-to-device copy per step
     return drop_conditions({"label": labels}, probabilities, {"label": null}, trainer)["label"]
 
 

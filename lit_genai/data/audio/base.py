@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -69,6 +69,11 @@ class AudioSettings:
     seed: int
     num_workers: int
     predict_samples: int
+
+    @classmethod
+    def pick(cls, arguments: Mapping[str, Any]) -> AudioSettings:
+        """The settings among a data module's ``__init__`` arguments (its ``locals()``), by name."""
+        return cls(**{field.name: arguments[field.name] for field in fields(cls)})
 
     def __post_init__(self) -> None:
         if self.sample_rate < 1:

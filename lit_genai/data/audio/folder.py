@@ -112,21 +112,7 @@ class AudioFolder(AudioTokens):
         num_workers: int = 0,
         predict_samples: int = 8,
     ) -> None:
-        super().__init__(
-            AudioSettings(
-                sample_rate=sample_rate,
-                crop_length=crop_length,
-                batch_size=batch_size,
-                steps_per_epoch=steps_per_epoch,
-                mels=mels,
-                n_mels=n_mels,
-                n_fft=n_fft,
-                hop_length=hop_length,
-                seed=seed,
-                num_workers=num_workers,
-                predict_samples=predict_samples,
-            )
-        )
+        super().__init__(AudioSettings.pick(locals()))  # the arguments every audio data module has
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"{KEY}.val_fraction={val_fraction} must be in [0, 1)")
         if peak_normalize is not None and not 0 < peak_normalize <= 1:

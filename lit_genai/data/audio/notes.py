@@ -170,21 +170,7 @@ class ProceduralNotes(AudioTokens):
         num_workers: int = 0,
         predict_samples: int = 8,
     ) -> None:
-        super().__init__(
-            AudioSettings(
-                sample_rate=sample_rate,
-                crop_length=crop_length,
-                batch_size=batch_size,
-                steps_per_epoch=steps_per_epoch,
-                mels=mels,
-                n_mels=n_mels,
-                n_fft=n_fft,
-                hop_length=hop_length,
-                seed=seed,
-                num_workers=num_workers,
-                predict_samples=predict_samples,
-            )
-        )
+        super().__init__(AudioSettings.pick(locals()))  # the arguments every audio data module has
         if num_clips < 1 or val_clips < 1:
             raise ConfigError(f"{KEY}: num_clips={num_clips} and val_clips={val_clips} must be at least 1")
         samples = int(round(clip_seconds * sample_rate))
