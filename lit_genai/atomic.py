@@ -9,12 +9,18 @@ target's own folder (a rename within one file system is atomic; across file syst
 removed and the target is left as it was. Concurrent writers of the same content each rename a
 whole file, and the last rename wins.
 
+``atomic_folder`` does the same for a folder that a library fills file by file (a torchvision
+download): it fills a unique temporary folder, whose result is renamed into place; a folder cannot
+replace a non-empty one, so there the first writer to finish wins and the others' copies are
+dropped.
+
 Shape legend: none (bytes only).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,3 +67,32 @@ def atomic_file(path: Union[str, Path]) -> Iterator[BinaryIO]:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(root: Union[str, Path], folder: str) -> Iterator[Path]:
+    """A fresh temporary folder inside ``root``, to fill as if it were ``root``; on a clean exit its
+    ``folder`` (a relative path, e.g. ``MNIST/raw``) is renamed to ``root / folder`` unless another
+    writer's is there already (module docstring). The temporary folder is removed in any case.
+
+    Args:
+        root: The folder that receives ``folder``; created if missing.
+        folder: What the body writes under the yielded folder, and what readers look for in ``root``.
+
+    Yields:
+        The temporary folder (``root/.<random>.partial``).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=root, prefix=".", suffix=PARTIAL_SUFFIX))
+    try:
+        yield scratch
+        target = root / folder
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(scratch / folder, target)  # atomic; refuses a non-empty target
+        except OSError:
+            if not target.is_dir():  # not "another writer finished first"
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -11,17 +11,21 @@ Defaults that every experiment shares live here, so experiment files hold only t
   ``checkpoints/`` (last + best on ``val/loss``), ``samples/`` (grids during fit), ``predictions/``,
   the resolved ``config.yaml``, ``robustness/`` (``lit-genai robustness``) and the logger's files;
 - W&B is the logger, offline unless you are logged in (``wandb login``), so ``wandb sync`` can
-  upload the run later;
-- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation``, ``latents`` and ``rng``
-  configure the callbacks of the same name (e.g. ``--ema.decay 0.999``,
+  upload the run later; an unreachable server or a refused key is one line, then offline, and a
+  resumed fit logs into the same run (``lit_genai/wandb_run.py``);
+- top-level groups ``ema``, ``samples``, ``checkpoint``, ``writer``, ``evaluation``, ``latents``,
+  ``resume`` and ``finite`` configure the callbacks of the same name (e.g. ``--ema.decay 0.999``,
   ``--evaluation.num_samples 10000``); add others, e.g. EarlyStopping, under ``trainer.callbacks``;
 - what the model must know about the data is linked from ``data`` into ``model``: each of
   ``sample_shape``, ``vocab_size``, ``block_size``, ``num_classes``, ``class_names``,
   ``vocabulary`` and ``modality`` that the data module has and the model's ``__init__`` accepts
   (``docs/architecture.md``, "Data and model"), so nobody types it twice and a token model needs
-  no ``sample_shape``. The data's value is the one used; a value set for the model (in a config,
-  on the command line or by a checkpoint) that differs from both the data's and the model's
-  default stops the run with one line naming both.
+  no ``sample_shape``. The data's value is the one used; a value set for the model (in a config
+  or on the command line) that differs from both the data's and the model's default stops the run
+  with one line naming both;
+- ``--ckpt_path`` (a file, ``last`` or ``best``) never changes the config: a checkpoint of another
+  model, another architecture or other weights' shapes stops the run with one line, and training
+  values (lr, warm-up, ...) are the config's, said in one line (``lit_genai/cli_checkpoint.py``).
 
 ``lit-genai robustness`` (``lit_genai.adversarial.command.TrainerWithRobustness.robustness``) attacks a
 trained model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``,
@@ -41,10 +45,9 @@ and a pointer to ``--help`` (exit 2, as argparse); a ``LitGenAIError`` (a missin
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import inspect
 import logging
-import netrc
 import os
 import sys
 import warnings
@@ -56,16 +59,28 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from lit_genai.adversarial.command import TrainerWithRobustness
+from lit_genai.atomic import atomic_file
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
 from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.callbacks.finite import FiniteGuard
 from lit_genai.callbacks.latents import LatentGrids
 from lit_genai.callbacks.lr_monitor import LearningRateLogger
-from lit_genai.callbacks.rng import RNGState
+from lit_genai.callbacks.resume import ResumeState
 from lit_genai.callbacks.samples import SampleLogger, SampleWriter, run_dir
-from lit_genai.cli_checks import LitGenAIParser, check_checkpoint, is_checkpoint_file
+from lit_genai.checkpoint_io import use_atomic_checkpoints
+from lit_genai.cli_checkpoint import apply_checkpoint_rule, best_checkpoint
+from lit_genai.cli_checks import (
+    LitGenAIParser,
+    check_checkpoint,
+    check_learning_rates,
+    check_writable,
+    is_checkpoint_file,
+)
+from lit_genai.cluster import hpc_checkpoint
 from lit_genai.conditions import check_conditions
 from lit_genai.errors import ConfigError, LitGenAIError
+from lit_genai.wandb_run import WandbRunId, prepare_wandb_run, wandb_mode
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -79,17 +94,6 @@ LINKED_FROM_DATA = (
     "vocabulary",
     "modality",
 )
-
-
-def wandb_logged_in() -> bool:
-    """True when W&B has credentials (API key in the environment or ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        auth = netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1])
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-    return bool(auth and auth[2])
 
 
 def experiment_name(config_paths: list[Any]) -> str:
@@ -109,9 +113,11 @@ class ConfigSaver(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         path = run_dir(trainer) / self.config_filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+        text = self.parser.dump(self.config, skip_none=False)
+        with atomic_file(path) as out:  # whole or not at all, as the checkpoints (checkpoint_io.py)
+            out.write(text.encode())
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
+            logger.log_hyperparams({"config": text})
 
 
 class LitGenAICLI(LightningCLI):
@@ -126,6 +132,8 @@ class LitGenAICLI(LightningCLI):
     behind the subcommand of that name (LightningCLI builds every subcommand's trainer from one class).
     """
 
+    _checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, loaded, until it is checked
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """Lightning's subcommands and ``robustness``; the values are the method arguments the
@@ -136,9 +144,9 @@ class LitGenAICLI(LightningCLI):
         trainer_defaults = {
             "logger": {
                 "class_path": "lightning.pytorch.loggers.WandbLogger",
-                "init_args": {"project": "lit_genai", "offline": not wandb_logged_in()},
+                "init_args": {"project": "lit_genai", "offline": wandb_mode() == "offline"},
             },
-            "callbacks": [LearningRateLogger(logging_interval="step")],
+            "callbacks": [LearningRateLogger(logging_interval="step"), WandbRunId()],
         }
         super().__init__(
             LightningModule,
@@ -162,8 +170,9 @@ class LitGenAICLI(LightningCLI):
         parser.add_lightning_class_args(SampleWriter, "writer")
         parser.add_lightning_class_args(Evaluation, "evaluation")
         parser.add_lightning_class_args(LatentGrids, "latents")
-        parser.add_lightning_class_args(RNGState, "rng")
+        parser.add_lightning_class_args(ResumeState, "resume")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FiniteGuard, "finite")  # NaN/inf stops training (one line)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -177,12 +186,10 @@ class LitGenAICLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        """Check the ``--ckpt_path`` file (one line per problem) before Lightning reads it.
-
-        Lightning's version of this hook reads the checkpoint's hyperparameters into the config with
-        ``weights_only=True`` whatever ``--weights_only`` says; this one checks the file first and
-        honours ``--weights_only false``, then merges the hyperparameters as Lightning does.
-        ``--ckpt_path last`` is resolved and checked later, in ``before_instantiate_classes``.
+        """Check the ``--ckpt_path`` file (one line per problem) before Lightning reads it, honouring
+        ``--weights_only false``. Unlike Lightning's version of this hook, merge none of its
+        hyperparameters into the config: the config wins (``cli_checkpoint.py``, applied after
+        instantiation). ``last`` and ``best`` are resolved later, in ``before_instantiate_classes``.
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
@@ -191,23 +198,14 @@ class LitGenAICLI(LightningCLI):
         if not is_checkpoint_file(config.get("ckpt_path")):
             return
         trusted = config.get("weights_only") is False
-        checkpoint = check_checkpoint(config.ckpt_path, weights_only=not trusted, resume=subcommand == "fit")
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            class_path = hparams.pop("_class_path")
-            hparams = {"class_path": class_path, "dict_kwargs": _accepted_init_args(class_path, hparams)}
-        try:
-            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write(f"lit-genai: the hyperparameters in {config.ckpt_path} do not parse\n")
-            raise
+        self._checkpoint = check_checkpoint(
+            config.ckpt_path, weights_only=not trusted, resume=subcommand == "fit"
+        )
 
     def before_instantiate_classes(self) -> None:
         """Fill in the per-experiment run folder and point the logger and checkpoints into it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_learning_rates(config.model)  # nan, inf, <= 0: one line now, not a traceback in fit
         name = experiment_name(config.get("config") or [])
         root = config.trainer.default_root_dir or os.path.join(DEFAULT_RUNS_DIR, name)
         config.trainer.default_root_dir = root
@@ -224,9 +222,10 @@ class LitGenAICLI(LightningCLI):
                 # wandb.init looks for the git repository from its folder and warns "git root ... does
                 # not exist" when the folder is not there yet; from an existing one it finds the
                 # project's repository (the commit goes into the run) or, outside a repository, none.
-                Path(init_args.get("save_dir") or init_args.get("dir") or root).mkdir(
-                    parents=True, exist_ok=True
-                )
+                with contextlib.suppress(OSError):  # unwritable: one line after instantiation
+                    Path(init_args.get("save_dir") or init_args.get("dir") or root).mkdir(
+                        parents=True, exist_ok=True
+                    )
             if "name" in init_args and init_args.get("name") in (None, "lightning_logs"):
                 # W&B: the run's display name; TensorBoard/CSV: a subfolder of the run folder.
                 kind = logger.class_path.rsplit(".", 1)[-1]
@@ -237,17 +236,36 @@ class LitGenAICLI(LightningCLI):
             )
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # checkpoints hold tensors and plain values only: load them safely
-        if config.get("ckpt_path") == "last":
-            config.ckpt_path = _find_last_checkpoint(config.checkpoint.dirpath)
+        if config.get("ckpt_path") in ("last", "best", "hpc"):  # resolved here: the same checks as a file
             safe = config.get("weights_only", True) is not False
-            check_checkpoint(config.ckpt_path, weights_only=safe, resume=self.subcommand == "fit")
+            dirpath = config.checkpoint.dirpath
+            last = config.ckpt_path == "last"
+            if config.ckpt_path == "hpc":  # SLURM's requeue checkpoint, in the run folder (cluster.py)
+                config.ckpt_path = hpc_checkpoint(root)
+            else:
+                config.ckpt_path = _find_last_checkpoint(dirpath) if last else best_checkpoint(dirpath, safe)
+            self._checkpoint = check_checkpoint(
+                config.ckpt_path, weights_only=safe, resume=self.subcommand == "fit"
+            )
+        for logger in loggers if isinstance(loggers, list) else [loggers]:  # lit_genai/wandb_run.py
+            if self.subcommand and str(getattr(logger, "class_path", "")).endswith(".WandbLogger"):
+                prepare_wandb_run(
+                    logger.init_args, self.subcommand, config.get("ckpt_path"), config.get("weights_only")
+                )
 
     def instantiate_classes(self) -> None:
         """Instantiate as LightningCLI does, then refuse model values that the data's links overrode."""
         super().instantiate_classes()
+        use_atomic_checkpoints(self.trainer)  # checkpoints written whole (lit_genai/checkpoint_io.py)
         config = self.config[self.subcommand] if self.subcommand else self.config
-        _check_linked_values(config.model, self.model, self.datamodule, config.get("ckpt_path"))
+        _check_linked_values(config.model, self.model, self.datamodule)
         check_conditions(self.model, self.datamodule)  # a condition the model needs and the data lacks
+        check_writable(self.subcommand, self.trainer, self.model, self.datamodule, config.get("ckpt_path"))
+        if self._checkpoint is not None:  # the config wins; another model stops (cli_checkpoint.py)
+            checkpoint, self._checkpoint = self._checkpoint, None  # Lightning loads the file itself
+            apply_checkpoint_rule(
+                checkpoint, self.model, self.trainer, config.ckpt_path, self.subcommand, LINKED_FROM_DATA
+            )
         for logger in self.trainer.loggers:
             wandb_init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
             if wandb_init is not None and "anonymous" in wandb_init and wandb_init["anonymous"] is None:
@@ -256,10 +274,10 @@ class LitGenAICLI(LightningCLI):
                 del wandb_init["anonymous"]
 
 
-def _check_linked_values(model_config: Any, model: Any, datamodule: Any, ckpt_path: Any = None) -> None:
+def _check_linked_values(model_config: Any, model: Any, datamodule: Any) -> None:
     """Raise a ``ConfigError`` when the model was given a value of a linked name that the data's
-    value replaced (a value equal to the ``__init__`` default counts as not given). With a
-    checkpoint the value may be the checkpoint's: its model was trained on other data."""
+    value replaced (a value equal to the ``__init__`` default counts as not given). A checkpoint's
+    value is compared with the data's in ``cli_checkpoint.check_against_model``."""
     init_args = getattr(model_config, "init_args", None)
     if datamodule is None or init_args is None:
         return
@@ -269,29 +287,10 @@ def _check_linked_values(model_config: Any, model: Any, datamodule: Any, ckpt_pa
             continue
         given, data = _plain(init_args[name]), _plain(getattr(datamodule, name))
         if given != data and given != _plain(parameters[name].default):
-            hint = f" (if the checkpoint {ckpt_path} set it, use its training data)" if ckpt_path else ""
             raise ConfigError(
                 f"model.init_args.{name}={given} but the data ({type(datamodule).__name__}) has "
-                f"{name}={data}: remove model.init_args.{name}, the command line links it from the data{hint}"
+                f"{name}={data}: remove model.init_args.{name}, the command line links it from the data"
             )
-
-
-def _accepted_init_args(class_path: str, hparams: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint hyperparameters that ``class_path``'s ``__init__`` takes.
-
-    LightningCLI stores the model's config as it was after the data links were applied, so a
-    checkpoint can hold a linked name (``sample_shape`` of audio data, say) that the model does not
-    take; merged back as a keyword it would stop ``predict``/``test`` with a long parser traceback.
-    """
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-        parameters = inspect.signature(cls.__init__).parameters
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return hparams  # the parser reports the unknown class in its own words
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return hparams
-    return {key: value for key, value in hparams.items() if key in parameters}
 
 
 def _plain(value: Any) -> Any:

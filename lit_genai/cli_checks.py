@@ -7,22 +7,37 @@
 - ``check_checkpoint``: a ``--ckpt_path`` file that is missing, not a checkpoint, truncated or
   refused by safe loading raises one ``LitGenAIError`` line naming the file and the problem, before
   Lightning would end in a ``PytorchStreamReader`` or ``KeyError`` traceback.
+- ``check_learning_rates``: an ``lr`` that is NaN, infinite, zero or negative is one ``ConfigError``
+  line (``model.optimizer.lr: must be a finite positive number (e.g. 1e-3), given nan``) before
+  anything is built; the parser says the same of ``nan`` and ``inf`` typed as words (strings to
+  YAML), whose reason jsonargparse's explanation buried.
+- ``check_writable``: every folder the command will write into (``folders_to_write``: the run
+  folder, checkpoints, predict's output, the metric feature cache, the data's downloads and caches)
+  is checked right after instantiation; one that cannot be made or written is one ``LitGenAIError``
+  line naming it, why and the option that moves it, instead of a ``NotADirectoryError`` or
+  ``PermissionError`` traceback from a callback, maybe hours into training.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn, Optional, Union
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_genai.errors import LitGenAIError
+from lit_genai import paradigm
+from lit_genai.callbacks.evaluation import Evaluation
+from lit_genai.callbacks.samples import SampleWriter
+from lit_genai.data.checks import Folder
+from lit_genai.errors import ConfigError, LitGenAIError
+from lit_genai.metrics.cache import default_cache_dir
 
 # jsonargparse's explanation of a failed value: which lines only say how it searched.
 _NOISE = (
@@ -35,6 +50,10 @@ _NOISE = (
 )
 _NOT_A_PATH = re.compile(r"Expected a path but .* either not accessible or invalid")
 _KEY_LINE = re.compile(r'Parser key "([^"]+)":(.*)')
+# A key at the end of another type's explanation: '... expects a function or a callable class: Parser
+# key "lr":' (an optimiser's init argument); its reason follows on the lines below.
+_TRAILING_KEY = re.compile(r'.*: Parser key "([^"]+)":')
+_NESTED_VALUE = re.compile(r"NestedArg\(key='[^']*', val='(.*)'\)")
 _CLASS_LINE = re.compile(r"Problem with given class_path '([^']+)':(.*)")
 _IMPORT_FAILED = re.compile(r"module '[^']+' has no attribute|No module named|No module or class|not found")
 _MAX_MESSAGE = 300
@@ -62,6 +81,11 @@ def short_parser_error(message: str) -> str:
                 context.append((indent, kind, match[1]))
                 text = match[2].strip()  # a reason on the same line: 'Parser key "config": File ...'
                 break
+        else:
+            match = _TRAILING_KEY.fullmatch(text)
+            if match:
+                context.append((indent, "key", match[1]))
+                text = ""
         if text and not text.startswith(_NOISE) and not _NOT_A_PATH.fullmatch(text):
             leaf = text
             break
@@ -69,6 +93,8 @@ def short_parser_error(message: str) -> str:
         return _clip(" ".join(line.strip() for line in lines[:2]))
     keys = ".".join(name for _, kind, name in context if kind == "key")
     classes = [name for _, kind, name in context if kind == "class"]
+    if keys.rsplit(".", 1)[-1] in LEARNING_RATES:  # "nan" and "inf" are strings to YAML, not floats
+        return _clip(f"{keys}: {_MUST_BE_A_RATE}, given {_given_value(lines)}")
     leaf = re.sub(r"<class '([\w.]+)'>", r"\1", leaf).replace("Expected a ", "expected ")
     leaf = leaf.replace(". Got value: ", ", given ")
     if classes and _IMPORT_FAILED.search(leaf):
@@ -78,6 +104,13 @@ def short_parser_error(message: str) -> str:
     else:
         reason = leaf
     return _clip(f"{keys}: {reason}" if keys else reason)
+
+
+def _given_value(lines: list[str]) -> str:
+    """The value the innermost reason was given, as typed (``nan`` of ``Given value: nan. Got ...``)."""
+    text = next((ln.split("Given value: ", 1)[1] for ln in lines if "Given value: " in ln), "")
+    nested = _NESTED_VALUE.fullmatch(text)
+    return nested[1] if nested else text.split(". Got value: ", 1)[0]
 
 
 def _clip(text: str) -> str:
@@ -171,3 +204,114 @@ def is_checkpoint_file(ckpt_path: Optional[str]) -> bool:
     if text in ("last", "best", "hpc") or text.lower().split(":", 1)[0] == "registry" or "://" in text:
         return False
     return not Path(text).is_dir()
+
+
+# ---------------------------------------------------------------------- learning rates
+
+LEARNING_RATES = frozenset({"lr"})  # init argument names that are a learning rate
+_MUST_BE_A_RATE = "must be a finite positive number (e.g. 1e-3)"
+
+
+def check_learning_rates(model_config: Any, key: str = "model") -> None:
+    """Raise one ``ConfigError`` line for a learning rate under ``model_config`` (the parsed ``model``
+    group: an optimiser's ``init_args.lr``, a GAN's two, a module's own ``lr``) that is not a finite
+    positive number, before anything is built.
+
+    torch's optimisers refuse a negative or NaN rate only when ``fit`` builds them, in a traceback,
+    and take ``inf``, which makes every weight NaN at the first step. The key is written as the
+    parser writes it (``model.optimizer.lr``, no ``init_args``; the command line takes both).
+    """
+    items = model_config.items() if hasattr(model_config, "items") else ()
+    for name, value in items:
+        path = ".".join(part for part in f"{key}.{name}".split(".") if part != "init_args")
+        if path.rsplit(".", 1)[-1] not in LEARNING_RATES or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{path}: {_MUST_BE_A_RATE}, given {value}")
+
+
+# ---------------------------------------------------------------------- folders a run writes
+
+
+def unwritable_reason(folder: Union[str, Path]) -> Optional[str]:
+    """Why this process cannot create or write ``folder``, or None when it can.
+
+    A folder that does not exist yet is judged by its nearest existing parent, where it would be
+    made. ``os.access`` answers for this user without writing anything (as root it passes
+    permission bits but not a read-only file system).
+    """
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # "/" exists
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
+
+
+def folders_to_write(
+    subcommand: Optional[str], trainer: Any, model: Any, datamodule: Any, ckpt_path: Optional[str] = None
+) -> list[Folder]:
+    """The local folders ``subcommand`` will write into: the run folder, the loggers', the checkpoints'
+    (fit), predict's output (``SampleWriter``), the Evaluation callback's feature cache and, at test,
+    the checkpoint's folder (``test.json``), and the data module's (``write_folders()``: downloads,
+    token and audio caches still to be written)."""
+    if subcommand is None:  # instantiated without running (run=False): nothing is written
+        return []
+    run = Path(trainer.default_root_dir)
+    folders = [
+        Folder("the run folder (trainer.default_root_dir)", run, anywhere("--trainer.default_root_dir"))
+    ]
+    for logger in trainer.loggers:
+        save_dir = getattr(logger, "save_dir", None)
+        if save_dir and "://" not in str(save_dir):  # remote folders are the logger's business
+            option = "trainer.logger.init_args.save_dir"
+            folders.append(Folder(f"the logger's folder ({option})", Path(save_dir), anywhere(f"--{option}")))
+    for callback in trainer.checkpoint_callbacks if subcommand == "fit" else []:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath and "://" not in str(dirpath):
+            what, fix = "the checkpoint folder (checkpoint.dirpath)", anywhere("--checkpoint.dirpath")
+            folders.append(Folder(what, Path(dirpath), fix))
+    for callback in trainer.callbacks:
+        if subcommand == "predict" and isinstance(callback, SampleWriter):
+            what, fix = "the predict output folder (writer.output_dir)", anywhere("--writer.output_dir")
+            folders.append(Folder(what, callback.resolve_dir(trainer), fix))
+        if isinstance(callback, Evaluation) and _evaluates(callback, subcommand, model):
+            cache = Path(callback.cache_dir) if callback.cache_dir is not None else default_cache_dir()
+            fix = anywhere("--evaluation.cache_dir") + " (or set LIT_GENAI_CACHE)"
+            folders.append(Folder("the metric feature cache (evaluation.cache_dir)", cache, fix))
+        if isinstance(callback, Evaluation) and subcommand == "test" and is_checkpoint_file(ckpt_path):
+            what = "the checkpoint's folder (test results are written beside --ckpt_path)"
+            fix = "copy the checkpoint into a writable folder and pass that copy"
+            folders.append(Folder(what, Path(ckpt_path).parent, fix))  # Evaluation.on_test_end
+    data_folders = getattr(datamodule, "write_folders", None)
+    if callable(data_folders):
+        folders += data_folders()
+    return folders
+
+
+def anywhere(option: str) -> str:
+    """What to do about an unwritable folder that ``option`` moves."""
+    return f"pass {option} <a writable folder>"
+
+
+def _evaluates(evaluation: Evaluation, subcommand: str, model: Any) -> bool:
+    """Whether ``evaluation`` computes (and caches) quality metrics in this command."""
+    if not (paradigm.is_generative(model) and model.modality == "image"):
+        return False  # it skips other media (Evaluation.evaluate)
+    if subcommand == "test":
+        return evaluation.at_test
+    return subcommand in ("fit", "validate") and evaluation.every_n_epochs > 0
+
+
+def check_writable(
+    subcommand: Optional[str], trainer: Any, model: Any, datamodule: Any, ckpt_path: Optional[str] = None
+) -> None:
+    """Raise one ``LitGenAIError`` line for the first folder of ``folders_to_write`` that cannot be
+    written, naming it, why, and the option that moves it; called right after instantiation, before
+    anything is read, trained or written (a 40-line ``NotADirectoryError`` / ``PermissionError``
+    traceback from a callback or a download otherwise, possibly after hours of training)."""
+    for folder in folders_to_write(subcommand, trainer, model, datamodule, ckpt_path):
+        reason = unwritable_reason(folder.path)
+        if reason is not None:
+            raise LitGenAIError(f"{folder.what} {folder.path} cannot be written ({reason}): {folder.fix}")

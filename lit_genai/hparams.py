@@ -6,9 +6,9 @@ dicts), which ``load_from_checkpoint`` can rebuild and ``torch.load(weights_only
 network, an optimiser class, a lambda): pickling them would make checkpoints unsafe or unloadable,
 and a network's weights are in the state dict already, so they are dropped.
 
-The ``sampling`` init argument (a paradigm's ``SamplingSettings``) is never saved: LightningCLI lets
-a checkpoint's hyperparameters override the command line, and ``predict --model.sampling.steps 20``
-must not be silently ignored (docs/architecture.md, "Sampling settings").
+The ``sampling`` init argument (a paradigm's ``SamplingSettings``) is never saved: it configures a use
+of the weights, not the model, so a checkpoint neither carries nor is compared on it
+(docs/architecture.md, "Sampling settings" and "Checkpoints").
 """
 
 from __future__ import annotations

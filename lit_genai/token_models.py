@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.sharding import clean_name, configure_gradient_clipping
 
 # ---------------------------------------------------------------------- optimisation (pure)
 
@@ -39,18 +40,45 @@ def nanogpt_lr(step: int, lr: float, warmup_steps: int, decay_steps: Optional[in
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
+# Layers whose ``weight`` decays (minGPT's whitelist of ``configure_optimizers``): the weight matrices
+# and convolution kernels. Every other parameter gets none: biases, norm gains, embeddings (nanoGPT
+# decays them; here not, and so neither does a token embedding tied to the output layer), and any
+# parameter no such layer owns.
+DECAYED_LAYERS = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
 def decay_parameter_names(net: nn.Module) -> tuple[list[str], list[str]]:
     """(names that get weight decay, names that do not), as nanoGPT's ``configure_optimizers``.
 
-    Every parameter with two or more dimensions (the weights of linear layers) decays; biases and
-    norm gains (one dimension) do not, and, unlike nanoGPT, neither do embeddings (``nn.Embedding``
-    weights, and so a token embedding tied to the output layer). Each shared parameter is listed
-    once, under its first name (``named_parameters``).
+    Decided by the layer that owns a parameter and the parameter's name, never by its shape: a
+    parameter decays if it is the ``weight`` of a ``DECAYED_LAYERS`` layer and of no other kind of
+    layer (an embedding tied to the output layer does not). FSDP flattens parameters to 1-D slices
+    (``lit_genai.sharding``), so nanoGPT's ``p.dim() >= 2`` would put every weight in the
+    no-decay group there; owners and names survive the flattening, and the names come without
+    FSDP's wrapper segments (``sharding.clean_name``). Each shared parameter is listed once, under
+    its first name (``named_parameters``).
     """
-    embeddings = {id(m.weight) for m in net.modules() if isinstance(m, nn.Embedding)}
+    decays: dict[int, bool] = {}  # id(parameter) -> whether every layer holding it decays it
+    for module in net.modules():
+        for leaf, p in module.named_parameters(recurse=False):
+            owner_decays = leaf == "weight" and isinstance(module, DECAYED_LAYERS)
+            decays[id(p)] = decays.get(id(p), True) and owner_decays
     decay, no_decay = [], []
     for name, p in net.named_parameters():
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(name)
+        if name.rpartition(".")[2] == "_flat_param":  # FSDP with use_orig_params=False: no names left
+            raise ConfigError(
+                "weight decay groups need the parameters' names, which FSDP with use_orig_params=False "
+                "hides: keep Lightning's default --trainer.strategy.init_args.use_orig_params true"
+            )
+        (decay if decays[id(p)] else no_decay).append(clean_name(name))
     return decay, no_decay
 
 
@@ -58,7 +86,7 @@ def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]
     """AdamW parameter groups: ``decay_parameter_names`` with ``weight_decay``, the rest with 0.
 
     Each group also carries its parameter ``names`` (kept by torch optimisers, plain strings)."""
-    params = dict(net.named_parameters())
+    params = {clean_name(n): p for n, p in net.named_parameters()}
     decay, no_decay = decay_parameter_names(net)
     groups = [
         {"params": [params[n] for n in decay], "weight_decay": weight_decay, "names": decay},
@@ -111,6 +139,8 @@ class TokenTraining:
     and the hyperparameters ``weight_decay``, ``warmup_steps``, ``lr_decay_steps``, ``min_lr``,
     ``compile`` and ``init_from`` (documented on ``ar.module.NextToken``). Mixed in before
     ``LightningModule``."""
+
+    configure_gradient_clipping = configure_gradient_clipping  # gradient_clip_val by norm under FSDP too
 
     def setup(self, stage: str) -> None:
         # Before Lightning restores a --ckpt_path, so a resumed fine-tuning run keeps its own weights.

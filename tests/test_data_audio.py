@@ -331,7 +331,7 @@ def test_audio_folder_short_files_pad_and_skip(tmp_path):
     _write(tmp_path / "long2.wav", _tone(400.0, 0.5, 8000), 8000)
     _write(tmp_path / "short.wav", _tone(300.0, 0.05, 8000), 8000)  # 400 samples
     with pytest.raises(ConfigError, match=r"short\.wav has 400 samples.*crop_length \+ 1 = 1001"):
-        AudioFolder(str(tmp_path), sample_rate=8000, crop_length=1000, val_fraction=0)
+        AudioFolder(str(tmp_path), sample_rate=8000, crop_length=1000, val_fraction=0, short_files="error")
     dm = AudioFolder(str(tmp_path), sample_rate=8000, crop_length=1000, val_fraction=0, short_files="pad")
     dm.setup("fit")
     short = [i for i, f in enumerate(dm.files) if f.name == "short.wav"][0]
@@ -365,7 +365,7 @@ def test_audio_folder_bad_input_errors(tmp_path):
     # Long enough by its header, but mostly silence: too short once trimmed.
     quiet = np.concatenate([np.zeros(2000), _tone(300.0, 0.02, 8000)]).astype(np.float32)
     _write(good / "quiet.wav", quiet, 8000)
-    dm = AudioFolder(str(good), sample_rate=8000, crop_length=1000, val_fraction=0)
+    dm = AudioFolder(str(good), sample_rate=8000, crop_length=1000, val_fraction=0, short_files="error")
     with pytest.raises(ConfigError, match=r"quiet\.wav has \d+ samples .* after trimming silence below -40"):
         dm.setup("fit")
     (good / "quiet.wav").unlink()
@@ -536,4 +536,4 @@ def test_data_signatures_parse():
     parser.add_class_arguments(AudioFolder, "folder")
     parser.add_class_arguments(ProceduralNotes, "notes")
     config = parser.parse_args(["--folder.root", "x", "--folder.name", "ljspeech", "--notes.label", "note"])
-    assert config.folder.short_files == "error" and config.notes.label == "note"
+    assert config.folder.short_files == "pad" and config.notes.label == "note"

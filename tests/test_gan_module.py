@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lit_genai import paradigm
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
 from lit_genai.callbacks.ema import EMA
-from lit_genai.callbacks.rng import RNGState
+from lit_genai.callbacks.resume import ResumeState
 from lit_genai.cli import main
 from lit_genai.data import MNIST5k
 from lit_genai.errors import ConfigError
@@ -175,7 +175,7 @@ def _resumable_run(tmp_path, max_epochs: int, ckpt_path=None):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
     trainer = _trainer(
         tmp_path,
-        [ema, RNGState(), checkpoint],
+        [ema, ResumeState(), checkpoint],
         enable_checkpointing=True,
         max_epochs=max_epochs,
         limit_train_batches=3,
@@ -212,7 +212,7 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
 
     import numpy as np
 
-    callback = RNGState()
+    callback = ResumeState()
     torch.save(callback.state_dict(), tmp_path / "rng.pt")
     first = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     callback.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))

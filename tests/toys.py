@@ -268,3 +268,17 @@ class TokenToyData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.pairs, batch_size=self.batch_size)
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after every training batch and prints ``step <global step>``: gives a child process
+    running the CLI time to be interrupted at a known point (tests/test_resume.py)."""
+
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        print(f"step {trainer.global_step}", flush=True)
+        time.sleep(self.seconds)

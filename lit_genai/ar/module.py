@@ -111,9 +111,10 @@ class NextToken(TokenTraining, LightningModule):
             model uses or one per name (``{label: 0.1}``); only for a conditional net.
         optimizer: Optimiser of the network, built on two parameter groups (``weight_decay``):
             nanoGPT's AdamW, lr 6e-4 with betas (0.9, 0.95) for GPT-2, (0.9, 0.99) for Shakespeare.
-        weight_decay: Weight decay of the parameters with two or more dimensions except embeddings
-            (``decay_parameter_names``); biases, norms and embeddings get none. It replaces the
-            optimiser's own ``weight_decay``.
+        weight_decay: Weight decay of the weights of linear and convolution layers
+            (``decay_parameter_names``, chosen by layer and name, so FSDP's flattening changes
+            nothing); biases, norms and embeddings get none. It replaces the optimiser's own
+            ``weight_decay``.
         warmup_steps: Linear LR warm-up over this many optimisation steps (nanoGPT ``warmup_iters``).
         lr_decay_steps: Cosine decay of the LR to ``min_lr`` at this step (nanoGPT
             ``lr_decay_iters``); None = the trainer's ``max_steps`` when set, else no decay.
@@ -165,6 +166,11 @@ class NextToken(TokenTraining, LightningModule):
         self._dropout = condition_dropout(p_uncond, paradigm.conditions_of(self.num_classes), "model")
         self.class_names = list(class_names) if class_names is not None else None
         paradigm.check_net(net, "model.net", vocab_size=vocab_size, num_classes=num_classes)
+        if getattr(net, "causal", True) is False:  # GPT(causal=False): each position would see its target
+            raise ConfigError(
+                "model.net attends both ways (causal: false) but next-token prediction needs a causal net: "
+                "set model.net.init_args.causal: true (or use MaskedTokens)"
+            )
         context = getattr(net, "block_size", None)
         if context is not None and context < block_size:
             raise ConfigError(

@@ -26,6 +26,14 @@ test or predict), and copies the average over the training weights when fit ends
 
 Buffers (e.g. BatchNorm running statistics) are copied, not averaged, as in StyleGAN/EDM.
 
+Sharded strategies (FSDP, DeepSpeed, ModelParallel) are refused in ``setup`` with one line. Under
+them each rank holds a 1-D slice of each parameter: this average would be of rank-local slices,
+swapped into views FSDP re-creates, saved by rank 0 alone (its slice, as if it were the whole), and
+the state-dict hook would put slices into FSDP's gathered full state dict. Doing it right means a
+sharded average saved and loaded through FSDP's state-dict machinery; until then a clear refusal
+beats a silently wrong checkpoint. Lightning's own ``WeightAveraging`` does not support sharded
+models either (its docstring).
+
 ``load_for_evaluation`` loads a checkpoint's weights and then its EMA average into a module outside
 ``Trainer.test`` (``lit-genai robustness``, benchmarks), as this callback's test-time swap would.
 """
@@ -40,6 +48,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lit_genai import sharding
 from lit_genai.errors import ConfigError
 
 
@@ -112,6 +121,13 @@ class EMA(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.enabled:
             return
+        sharding.refuse_sharded(
+            trainer,
+            "the EMA callback",
+            "its average needs every parameter whole on each rank, which the strategy splits across "
+            "them; Lightning's WeightAveraging does not support sharded models either",
+            "add --ema.enabled false, or use --trainer.strategy ddp",
+        )
         name = self.target if self.target is not None else getattr(pl_module, "ema_target", None)
         try:
             module = pl_module if name is None else pl_module.get_submodule(name)

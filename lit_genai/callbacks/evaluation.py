@@ -19,6 +19,9 @@ images of the image data module it wraps (``images``). The real-feature cache is
 Under DDP the generation is split across ranks with distinct seeds; every rank takes part in every
 collective (feature gathering in ``QualityMetrics.compute``, the barrier around the real-feature
 cache), so no rank waits on another that skipped — the torchmetrics rank-0 hang.
+Under a sharded strategy (FSDP, DeepSpeed) every ``sample()`` call is itself a collective (its
+forward passes gather the parameters), so every rank makes as many calls as rank 0, through the
+root wrapper (``lit_genai.sharding.forward_outside_step``).
 
 At ``test`` the results (the test loop's metrics and these) are written as JSON next to the
 checkpoint (``checkpoints/last.ckpt`` -> ``checkpoints/last.test.json``) with the protocol: how many
@@ -30,6 +33,7 @@ Shape legend: B batch, C/H/W image, N images, K classes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -44,7 +48,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lit_genai import paradigm
+from lit_genai import paradigm, sharding
 from lit_genai.callbacks.samples import run_dir
 from lit_genai.media import to_uint8
 from lit_genai.metrics.cache import real_features
@@ -197,11 +201,20 @@ class Evaluation(Callback):
             cond = None
             if num_classes > 0:  # balanced classes over the global sample index
                 cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
-            samples = pl_module.sample(n, cond=cond, generator=generator, **self.sampling)
+            draw = functools.partial(pl_module.sample, n, cond=cond, generator=generator, **self.sampling)
+            samples = sharding.forward_outside_step(trainer, pl_module, draw)
             images = to_uint8(samples) if samples.is_floating_point() else token_data.decode(samples)
             quality.update_fake(images, labels=cond if quality.conditional else None)  # (n, C, H, W)
             if self.cas and cond is not None:
                 kept.append((images.cpu(), cond.cpu()))
+        if sharding.sharded_strategy(trainer) is not None:
+            # Each sample() call gathers the sharded parameters from every rank, so a rank with fewer
+            # batches (the last ones hold the remainder) joins the others' extra calls, discarding them.
+            calls = math.ceil(min(per_rank, self.num_samples) / self.batch_size)  # rank 0's, the most
+            one = paradigm.sample_generators(self.seed, [0])  # the same settings: the same passes
+            extra = functools.partial(pl_module.sample, 1, generator=one, **self.sampling)
+            for _ in range(calls - len(batches)):
+                sharding.forward_outside_step(trainer, pl_module, extra)
         results = quality.compute()  # collective: gathers every rank's features
         quality.reset_fake()
         if self.cas and num_classes > 0:

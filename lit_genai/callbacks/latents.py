@@ -20,7 +20,8 @@ them, the others ignore them); an interpolation row and the traversal rows use t
 first image. Images go through the data module's ``decode`` and ``lit_genai.media`` (W&B and
 TensorBoard, keys ``latents/<kind>``) and are written as
 ``<run folder>/latents/<kind>_epoch=NNNN-step=NNNNNN.png``. Modules that do not keep the protocol
-are skipped silently.
+are skipped silently. Rank 0 draws and writes; under a sharded strategy (FSDP, DeepSpeed) every
+rank runs the forward passes on rank 0's images, and rank 0 writes (``lit_genai.sharding``).
 
 Shape legend: N images, C/H/W image, D latent dimensions, S steps.
 """
@@ -33,10 +34,9 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lit_genai import media, paradigm
+from lit_genai import media, paradigm, sharding
 from lit_genai.callbacks.epochs import should_draw
 from lit_genai.callbacks.samples import run_dir
 
@@ -104,29 +104,25 @@ class LatentGrids(Callback):
         self._labels = y if self._labels is None else torch.cat([self._labels, y])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._images is None or not paradigm.is_autoencoder(pl_module):
+        if not paradigm.is_autoencoder(pl_module) or not should_draw(trainer, self.every_n_epochs):
             return
-        if should_draw(trainer, self.every_n_epochs):
+        if not sharding.draws_here(trainer):
+            return
+        if sharding.sharded_strategy(trainer) is not None:
+            # Every rank takes part in the forward passes (each gathers the sharded parameters): all
+            # of them draw rank 0's images, so they make the same calls and rank 0 the same grids.
+            self._images, self._labels = trainer.strategy.broadcast((self._images, self._labels))
+        if self._images is not None:
             self.draw(trainer, pl_module)
 
     # ------------------------------------------------------------------ the grids
-    @rank_zero_only
     @torch.no_grad()
     def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Path]:
-        """Make, write and log the grids of ``pl_module`` (an ``Autoencoder``); their paths by kind."""
-        device = pl_module.device
-        x = self._images.to(device)  # (N, C, H, W)
-        y = self._labels.to(device) if self._labels is not None else None  # (N,)
-        continuous = pl_module.latent_space == "continuous"
-        grids: dict[str, tuple[Tensor, int]] = {}  # kind -> (images in [-1, 1], per row)
-        with paradigm.eval_mode(pl_module):
-            z = pl_module.encode(x, y)  # (N, ...) latents
-            recon = pl_module.decode(z, y)  # (N, C, H, W)
-            grids["reconstructions"] = (torch.cat([x, recon.to(x)]), len(x))
-            if continuous and len(x) >= 2:
-                grids["interpolations"] = self._interpolations(pl_module, x, z, y)
-            if continuous and len(pl_module.latent_shape) == 1 and self.traversal_dims > 0:
-                grids["traversals"] = self._traversals(pl_module, z, y)
+        """Make the grids of ``pl_module`` (an ``Autoencoder``); on rank 0 write and log them and
+        return their paths by kind (other ranks, which draw under a sharded strategy only: {})."""
+        grids = sharding.forward_outside_step(trainer, pl_module, lambda: self._grids(pl_module))
+        if not trainer.is_global_zero:
+            return {}
         stamp = f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}"
         caption = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         folder = run_dir(trainer) / "latents"
@@ -136,6 +132,23 @@ class LatentGrids(Callback):
             self.last_paths[kind] = media.write_image_grid(folder / f"{kind}_{stamp}.png", decoded, nrow)
             media.log_images(trainer, f"latents/{kind}", decoded, caption=caption, nrow=nrow)
         return self.last_paths
+
+    def _grids(self, pl_module: Any) -> dict[str, tuple[Tensor, int]]:
+        """kind -> (images in [-1, 1], images per row), from the kept images and labels."""
+        device = pl_module.device
+        x = self._images.to(device)  # (N, C, H, W)
+        y = self._labels.to(device) if self._labels is not None else None  # (N,)
+        continuous = pl_module.latent_space == "continuous"
+        grids: dict[str, tuple[Tensor, int]] = {}
+        with paradigm.eval_mode(pl_module):
+            z = pl_module.encode(x, y)  # (N, ...) latents
+            recon = pl_module.decode(z, y)  # (N, C, H, W)
+            grids["reconstructions"] = (torch.cat([x, recon.to(x)]), len(x))
+            if continuous and len(x) >= 2:
+                grids["interpolations"] = self._interpolations(pl_module, x, z, y)
+            if continuous and len(pl_module.latent_shape) == 1 and self.traversal_dims > 0:
+                grids["traversals"] = self._traversals(pl_module, z, y)
+        return grids
 
     def _interpolations(
         self, pl_module: Any, x: Tensor, z: Tensor, y: Optional[Tensor]

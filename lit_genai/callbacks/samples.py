@@ -12,17 +12,19 @@ Shape legend: B batch, C channels, H/W spatial, T time or tokens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lit_genai import media, paradigm
+from lit_genai import media, paradigm, sharding
 from lit_genai.callbacks.epochs import should_draw
 
 
@@ -73,12 +75,19 @@ class SampleLogger(Callback):
         if paradigm.is_generative(pl_module) and should_draw(trainer, self.every_n_epochs):
             self._draw(trainer, pl_module)
 
-    @rank_zero_only
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Rank 0 draws, writes and logs. Under a sharded strategy (FSDP, DeepSpeed) every forward pass
+        # gathers the parameters from all ranks, so all of them draw the same samples (one seed) and
+        # rank 0 alone writes: drawing on rank 0 alone would wait forever for the others.
+        if not sharding.draws_here(trainer):
+            return
         generator = torch.Generator().manual_seed(self.seed)
         num_classes = getattr(pl_module, "num_classes", 0)
         cond = class_labels(self.num_samples, num_classes, pl_module.device)
-        samples = pl_module.sample(self.num_samples, cond=cond, generator=generator)
+        draw = lambda: pl_module.sample(self.num_samples, cond=cond, generator=generator)
+        samples = sharding.forward_outside_step(trainer, pl_module, draw)
+        if not trainer.is_global_zero:
+            return
         decoded = media.to_media(trainer.datamodule, pl_module.modality, samples)
         route = media.ROUTES[pl_module.modality]
         stamp = f"epoch={trainer.current_epoch:04d}-step={trainer.global_step:06d}"
@@ -98,9 +107,15 @@ class SampleWriter(BasePredictionWriter):
     ``samples.txt`` listing), audio ``sample_00003.wav`` (16-bit PCM) and a ``sample_00003.png``
     spectrogram.
 
+    At the start of ``predict`` it deletes the files an earlier ``predict`` wrote in its folder
+    (``OWN_FILES``: ``sample_<index>`` files, ``grid.png``, ``samples.txt``; never another file), so
+    a smaller predict leaves no stale samples beside its grid. Under DDP every rank writes its own
+    samples; rank 0 then gathers every rank's indices (and media, for the grid), counting each index
+    once, and writes the grid and the message for them all.
+
     Args:
-        output_dir: Folder for the files. Default: ``predictions/`` next to the checkpoint's
-            ``checkpoints/`` folder when ``--ckpt_path`` is given, else in the run folder.
+        output_dir: Folder for the files. Default: ``predictions/`` in the run folder
+            (``trainer.default_root_dir``), whichever run's checkpoint is loaded.
         grid: Also write all samples as one file: ``grid.png`` for images, ``samples.txt`` for text.
         nrow: Images per grid row (default: square).
     """
@@ -113,18 +128,23 @@ class SampleWriter(BasePredictionWriter):
         self.grid = grid
         self.nrow = nrow
         self._media: list[Any] = []  # per batch, for routes with a summary file (not audio)
-        self._names: list[str] = []
-        self.written: list[Path] = []
+        self._indices: list[int] = []  # sample indices this rank drew, in batch order
+        self.written: list[Path] = []  # this rank's files (one per sample)
+        self.num_samples = 0  # samples written by all ranks, each index once (rank 0, after predict)
 
     def resolve_dir(self, trainer: pl.Trainer) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
-        if trainer.ckpt_path:
-            return Path(trainer.ckpt_path).resolve().parent.parent / "predictions"
-        return run_dir(trainer) / "predictions"
+        return run_dir(trainer) / "predictions"  # this run's folder, never the checkpoint's
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._media, self._names, self.written = [], [], []
+        self._media, self._indices, self.written, self.num_samples = [], [], [], 0
+        if trainer.is_global_zero:
+            out = self.resolve_dir(trainer)
+            stale = clear_outputs(out)
+            if stale:
+                rank_zero_info(f"Deleted {len(stale)} files of an earlier predict in {out}")
+        trainer.strategy.barrier("lit_genai_predict_clear")  # no rank writes before they are gone
 
     def write_on_batch_end(
         self,
@@ -138,20 +158,61 @@ class SampleWriter(BasePredictionWriter):
     ) -> None:
         decoded = media.to_media(trainer.datamodule, pl_module.modality, prediction)
         route = media.ROUTES[pl_module.modality]
-        names = media.sample_names(batch.tolist())
-        self.written.extend(route.write(self.resolve_dir(trainer), names, decoded))
-        if route.summary is not None:  # kept for the one summary file at the end
+        indices = [int(i) for i in batch.tolist()]
+        self.written.extend(route.write(self.resolve_dir(trainer), media.sample_names(indices), decoded))
+        self._indices.extend(indices)
+        if self.grid and route.summary is not None:  # kept for the one summary file at the end
             self._media.append(decoded)
-            self._names.extend(names)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.written:
-            return
-        out = self.resolve_dir(trainer)
         route = media.ROUTES[pl_module.modality]
+        parts = gather_on_rank_zero((self._indices, self._media))  # a collective: every rank calls it
+        indices = [i for rank_indices, _ in parts for i in rank_indices]  # rank 0's, then rank 1's, ...
+        batches = [batch for _, rank_batches in parts for batch in rank_batches]  # in the same order
+        unique = sorted(set(indices))  # a sampler that pads ranks repeats indices: each counts once
+        if not trainer.is_global_zero or not unique:
+            return
+        self.num_samples = len(unique)
+        out = self.resolve_dir(trainer)
         summary = ""
-        if self.grid and self._media and route.summary is not None and trainer.is_global_zero:
+        if batches:
+            joined = route.join(batches)  # one sample per entry of ``indices``
+            first: dict[int, int] = {}  # sample index -> position of its first copy in ``joined``
+            for position, index in enumerate(indices):
+                first.setdefault(index, position)
+            ordered = route.join([joined[first[i] : first[i] + 1] for i in unique])  # by sample index
             nrow = grid_rows(self.nrow, getattr(pl_module, "num_classes", 0))
-            joined = route.join(self._media)
-            summary = route.write_all(out / route.summary, self._names, joined, nrow).name
-        rank_zero_info(f"Wrote {len(self.written)} samples{' and ' + summary if summary else ''} to {out}")
+            summary = route.write_all(out / route.summary, media.sample_names(unique), ordered, nrow).name
+        rank_zero_info(f"Wrote {len(unique)} samples{' and ' + summary if summary else ''} to {out}")
+
+
+# What ``SampleWriter`` writes into its folder (``media.sample_names`` with the routes' suffixes, and
+# the routes' summaries): the files an earlier predict left, which a new one deletes first.
+OWN_FILES = re.compile(r"sample_\d{5,}\.(png|txt|wav)|grid\.png|samples\.txt")
+
+
+def clear_outputs(folder: Path) -> list[Path]:
+    """Delete the files of an earlier ``predict`` in ``folder`` (names matching ``OWN_FILES``; no
+    other file, no subfolder); returns them."""
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if OWN_FILES.fullmatch(p.name) and p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def gather_on_rank_zero(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on global rank 0, in rank order (``[obj]`` in a single process; ``[]`` on
+    the other ranks). A collective under DDP: every rank must call it.
+
+    Lightning's ``Strategy.all_gather`` takes tensors of one shape on every rank; here ranks hold
+    different numbers of samples, and text samples are strings, so the objects are pickled
+    (``torch.distributed.gather_object``).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    rank_zero = dist.get_rank() == 0
+    parts: Optional[list[Any]] = [None] * dist.get_world_size() if rank_zero else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts if parts is not None else []

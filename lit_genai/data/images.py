@@ -30,6 +30,9 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from lit_genai.atomic import atomic_folder
+from lit_genai.data.checks import Folder, check_counts
+from lit_genai.data.order import training_loader
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
 from lit_genai.media import to_uint8
 from lit_genai.paradigm import this_rank
@@ -63,6 +66,13 @@ class ImageDataModule(L.LightningDataModule):
         predict_samples: int = 64,
     ):
         super().__init__()
+        check_counts(
+            type(self).__name__,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_size=val_size,
+            predict_samples=predict_samples,
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_size = val_size
@@ -74,7 +84,9 @@ class ImageDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
+        return training_loader(self.train_set, self.batch_size, self.num_workers)  # resumable order
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -126,21 +138,26 @@ class ImageDataModule(L.LightningDataModule):
             out[name] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
         return out
 
+    def write_folders(self) -> list[Folder]:
+        """The folders ``prepare_data`` / ``setup`` will write into, which the command line checks
+        before anything runs (``lit_genai.cli_checks.check_writable``): none for images read in place."""
+        return []
+
     def decode(self, x: Tensor) -> Tensor:
         """The image medium (``lit_genai.media``): (B, C, H, W) in [-1, 1] -> uint8 pixels
         in [0, 255], same shape and device."""
         return to_uint8(x.detach())
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator(),  # the workers' seed: not from the global RNG (data/order.py)
         )
 
     def _split(self, n: int, test_size: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -189,6 +206,7 @@ class MNIST5k(ImageDataModule):
         predict_samples: int = 64,
     ):
         super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        check_counts(type(self).__name__, test_size=test_size)
         self.test_size = test_size
         self.sample_shape = (1, 28, 28)
         self.num_classes = 10
@@ -219,6 +237,7 @@ class Digits(ImageDataModule):
         predict_samples: int = 64,
     ):
         super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        check_counts(type(self).__name__, test_size=test_size)
         self.test_size = test_size
         self.sample_shape = (1, 8, 8)
         self.num_classes = 10
@@ -274,17 +293,41 @@ class TorchvisionDataModule(ImageDataModule):
         self.sample_shape = self.shape
         self.num_classes = 10
 
+    def write_folders(self) -> list[Folder]:
+        """``root`` when ``download`` will fetch the set there (its folder is not there yet)."""
+        if not self.download or (Path(self.root) / self.folder).is_dir():
+            return []
+        return [
+            Folder(
+                f"the {self.title} download folder (data.init_args.root)",
+                Path(self.root),
+                "pass --data.root <a writable folder>, or download it elsewhere, put the extracted "
+                f"{self.folder!r} folder under --data.root and pass --data.download false",
+            )
+        ]
+
     def prepare_data(self) -> None:
-        if self.download:
-            for train in (True, False):
-                try:
-                    self.dataset_cls(self.root, train=train, download=True)
-                except (OSError, RuntimeError) as err:  # URLError (no network) is an OSError
-                    raise DataNotFoundError(
-                        f"Downloading {self.title} into {self.root!r} failed ({err}). Without internet, "
-                        f"download it elsewhere and put the extracted {self.folder!r} folder under "
-                        f"{self.root!r}, then pass --data.download false."
-                    ) from err
+        if not self.download:
+            return
+        try:
+            if (Path(self.root) / self.folder).is_dir():  # there: torchvision checks it, fixes it in place
+                self._fetch(self.root)
+                return
+            # Nodes sharing root each run prepare_data: each downloads into its own temporary folder
+            # and renames it into place, so nobody reads a half-written file (lit_genai.atomic).
+            with atomic_folder(self.root, self.folder) as scratch:
+                self._fetch(str(scratch))
+        except (OSError, RuntimeError) as err:  # URLError (no network) is an OSError
+            raise DataNotFoundError(
+                f"Downloading {self.title} into {self.root!r} failed ({err}). Without internet, "
+                f"download it elsewhere and put the extracted {self.folder!r} folder under "
+                f"{self.root!r}, then pass --data.download false."
+            ) from err
+
+    def _fetch(self, root: str) -> None:
+        """Both splits' files into ``root``: torchvision downloads what is missing or corrupt."""
+        for train in (True, False):
+            self.dataset_cls(root, train=train, download=True)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -408,6 +451,7 @@ class ImageFolder(ImageDataModule):
         val_split: Literal["train", "test"] = "train",
     ):
         super().__init__(batch_size, num_workers, val_size, seed, random_flip, predict_samples)
+        check_counts(type(self).__name__, image_size=image_size)
         self.val_split = val_split
         self.root = root
         self.image_size = image_size

@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lit_genai.data.binarize import MODES, binarize
+from lit_genai.data.checks import Folder, check_counts, nested
 from lit_genai.data.images import ImageDataModule
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
@@ -139,6 +140,12 @@ class ImagePixels(SplitLoaders, L.LightningDataModule):
         predict_samples: int = 64,
     ) -> None:
         super().__init__()
+        check_counts(
+            type(self).__name__,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            predict_samples=predict_samples,
+        )
         if not 2 <= levels <= 256:
             raise ConfigError(
                 f"{_KEY}.levels={levels} must be between 2 and 256 (the values of 8-bit pixels)"
@@ -181,6 +188,12 @@ class ImagePixels(SplitLoaders, L.LightningDataModule):
     def eval_binarization(self) -> Optional[str]:
         """The binarisation of validation and test tokens: ``static`` in place of ``dynamic``."""
         return "static" if self.binarization == "dynamic" else self.binarization
+
+    def write_folders(self) -> list[Folder]:
+        """The wrapped images' (a download), which the command line checks before anything runs
+        (``lit_genai.cli_checks.check_writable``)."""
+        images = getattr(self.images, "write_folders", None)
+        return nested(images(), "images") if callable(images) else []
 
     def prepare_data(self) -> None:
         self.images.prepare_data()

@@ -64,6 +64,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lit_genai.data.checks import Folder, check_counts
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.data.text_sources import (
     pydoc_topics,
@@ -142,11 +143,14 @@ class CharText(SplitLoaders, L.LightningDataModule):
         predict_samples: int = 8,
     ) -> None:
         super().__init__()
-        if block_size < 1 or batch_size < 1 or steps_per_epoch < 1:
-            raise ConfigError(
-                f"{_KEY}: block_size={block_size}, batch_size={batch_size} and "
-                f"steps_per_epoch={steps_per_epoch} must all be at least 1"
-            )
+        check_counts(
+            type(self).__name__,
+            block_size=block_size,
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            num_workers=num_workers,
+            predict_samples=predict_samples,
+        )
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"{_KEY}.val_fraction={val_fraction} must be in [0, 1)")
         self.path, self.name, self.root, self.download = path, name, root, download
@@ -277,6 +281,19 @@ class CharText(SplitLoaders, L.LightningDataModule):
         if documents is None:  # files, read one at a time
             documents = (self._read_document(Path(name)) for name in self.files)
         return write_token_file(file, self._encoding, documents)
+
+    def write_folders(self) -> list[Folder]:
+        """The folder of the gpt2 token file when it is still to be written (none for char and byte
+        text, read in ``__init__``), which the command line checks before anything runs
+        (``lit_genai.cli_checks.check_writable``)."""
+        if self._encoding is None:
+            return []
+        folder = cache_folder(self.path, self.root)
+        if (folder / f"{self._digest}.bin").is_file():
+            return []
+        where = f"{_KEY}.path" if self.path is not None else f"{_KEY}.root"
+        fix = f"copy the text to a writable folder and pass --{where.replace('.init_args', '')} to it"
+        return [Folder(f"the gpt2 token file folder (next to {where})", folder, fix)]
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> Tensor:

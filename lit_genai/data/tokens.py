@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lit_genai.atomic import atomic_file
+from lit_genai.data.checks import Folder, check_counts, nested
 from lit_genai.data.images import ImageDataModule
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
@@ -78,6 +79,12 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
+        check_counts(
+            type(self).__name__,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            predict_samples=predict_samples,
+        )
         if getattr(images, "random_flip", False):
             raise ConfigError(
                 "data.init_args.images.init_args.random_flip=true but image tokens are encoded once, "
@@ -125,6 +132,20 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         )
         key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
         return folder / f"{type(self.images).__name__}-{key}.pt"
+
+    def write_folders(self) -> list[Folder]:
+        """The token cache's folder when the cache is still to be written, and the wrapped images'
+        (a download), which the command line checks before anything runs
+        (``lit_genai.cli_checks.check_writable``)."""
+        images = getattr(self.images, "write_folders", None)
+        folders = nested(images(), "images") if callable(images) else []
+        if not self.cache_path.is_file():
+            where = (
+                "data.init_args.cache_dir" if self.cache_dir is not None else "tokens/ beside the tokenizer"
+            )
+            fix = "pass --data.cache_dir <a writable folder>"
+            folders.append(Folder(f"the image token cache folder ({where})", self.cache_path.parent, fix))
+        return folders
 
     def prepare_data(self) -> None:
         """Encode and cache the tokens once per node (Lightning calls this on one process)."""

@@ -39,8 +39,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lit_genai import paradigm
+from lit_genai import paradigm, sharding
 from lit_genai.conditions import DropoutProbability, condition_dropout, drop_labels
+from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class DenoisingModule(LightningModule):
     evaluation_settings: tuple[str, ...] = ()  # evaluation-only init arguments, kept out of checkpoints
     sampling_settings = paradigm.sampling_settings
     predict_step = paradigm.predict_step
+    configure_gradient_clipping = sharding.configure_gradient_clipping  # by norm under FSDP too (DiT)
 
     def __init__(
         self,
@@ -112,6 +114,13 @@ class DenoisingModule(LightningModule):
         # (C, H, W) of what the network sees: the images, or the first stage's latents.
         self.net_shape = self.first_stage.latent_shape if self.first_stage is not None else self.sample_shape
         paradigm.check_net(net, "model.net", sample_shape=self.net_shape, num_classes=num_classes)
+        predicted = getattr(net, "out_channels", self.net_shape[0])
+        if predicted != self.net_shape[0]:  # a learned variance (DiT learn_sigma) has no loss term here
+            raise ConfigError(
+                f"model.net.out_channels={predicted} but the denoiser predicts the {self.net_shape[0]} "
+                "channels it models: set model.net.init_args.learn_sigma: false (DiT) or out_channels: "
+                "null (UNet)"
+            )
 
     def forward(self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """(B, C, H, W), (B,), (B,) -> network output (B, C, H, W)."""

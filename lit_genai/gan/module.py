@@ -35,6 +35,12 @@ DDP only accepts with ``--trainer.strategy ddp_find_unused_parameters_true`` (Li
 #20328, #20866); ``setup`` stops with that advice otherwise. Ranks seeded alike (Lightning's
 ``seed_everything``) would draw identical noise, so every rank draws the noise of the whole world
 batch and keeps its own slice: the noise is distinct per rank and the RNG streams stay in step.
+Batch norm normalises each rank's batch with its own statistics, as in any DDP run (on GPUs,
+``--trainer.sync_batchnorm true`` uses the world batch's); its running statistics are averaged over
+the ranks after every optimiser step, so every rank, the checkpoint and ``sample()`` hold the same
+ones (``_average_batch_norm_statistics``).
+Sharded strategies (FSDP, DeepSpeed) are refused in ``setup`` with one line: the penalties'
+double backward and the two optimisers over one sharded module are not supported there.
 
 Validation (``val/loss``): the sliced Wasserstein distance (``metrics/sliced_wasserstein.py``), in
 pixel space, between held-out real images and as many generated from fixed noise (``eval_z``). It
@@ -59,7 +65,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
-from lit_genai import paradigm
+from lit_genai import paradigm, sharding
 from lit_genai.conditions import Cond, labels_of, sample_labels
 from lit_genai.errors import ConfigError
 from lit_genai.gan import losses
@@ -227,6 +233,8 @@ class GAN(LightningModule):
         clip = self.hparams.clip_norm_g if is_generator else self.hparams.clip_norm_d
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        # After this player's forward passes, before the EMA's step hook copies the buffers.
+        self._average_batch_norm_statistics()
 
     def on_fit_start(self) -> None:
         # An optimiser's step post hook runs only when its step really happens: the 16-mixed
@@ -242,6 +250,14 @@ class GAN(LightningModule):
         self._hooks = []
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":  # before FSDP / DeepSpeed wrap the module
+            sharding.refuse_sharded(
+                self.trainer,
+                "a GAN",
+                "its two optimisers step parts of one sharded module, and R1 and the gradient penalty "
+                "backpropagate through the discriminator twice",
+                "train it with --trainer.strategy ddp_find_unused_parameters_true",
+            )
         strategy = self.trainer.strategy
         if stage != "fit" or not isinstance(strategy, DDPStrategy):
             return
@@ -321,6 +337,32 @@ class GAN(LightningModule):
         if stepped and scheduler is not None:
             scheduler.step()
         return stepped
+
+    def _average_batch_norm_statistics(self) -> None:
+        """Under DDP, average the batch norms' running statistics over the ranks (docstring, "DDP").
+
+        Each rank updates them from its own batch, and DDP's ``broadcast_buffers`` overwrites every
+        rank's with rank 0's at the next forward, so without this the checkpoint (rank 0 writes it)
+        and ``sample()`` hold an average of rank 0's batches alone. Averaged after every optimiser
+        step, the running mean follows the world batch's mean and the running variance the mean of
+        the ranks' batch variances. ``SyncBatchNorm`` layers (``--trainer.sync_batchnorm true``,
+        GPUs) have equal statistics on every rank already and are left alone.
+        """
+        if self.trainer.world_size < 2:
+            return
+        norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # not SyncBatchNorm
+        stats = [
+            buffer
+            for m in self.modules()
+            if isinstance(m, norms) and m.track_running_stats
+            for buffer in (m.running_mean, m.running_var)
+        ]
+        if not stats:
+            return
+        flat = torch.cat([s.flatten() for s in stats])  # one collective for every layer
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for s, part in zip(stats, flat.split([s.numel() for s in stats]), strict=True):
+            s.copy_(part.view_as(s))
 
     def _loss_scale(self) -> float:
         """The AMP scaler's scale under 16-mixed (the penalties differentiate scaled outputs), else 1."""

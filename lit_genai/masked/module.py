@@ -124,8 +124,9 @@ class MaskedTokens(TokenTraining, LightningModule):
             model uses or one per name; only for a class-conditional net.
         optimizer: Optimiser of the network, on two parameter groups (``weight_decay``; MaskGIT:
             Adam with betas (0.9, 0.96)).
-        weight_decay: Weight decay of the parameters with two or more dimensions except embeddings
-            (``token_models.decay_parameter_names``); it replaces the optimiser's own.
+        weight_decay: Weight decay of the weights of linear and convolution layers; biases, norms
+            and embeddings get none (``token_models.decay_parameter_names``); it replaces the
+            optimiser's own.
         warmup_steps: Linear LR warm-up over this many optimisation steps.
         lr_decay_steps: Cosine decay of the LR to ``min_lr`` at this step (``token_models.nanogpt_lr``);
             None = the trainer's ``max_steps`` when set, else no decay.

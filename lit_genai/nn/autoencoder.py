@@ -78,6 +78,27 @@ def _check(name: str, image_size: int, channel_mult: Sequence[int], num_res_bloc
     return factor
 
 
+def _check_norm(name: str, latent_size: int, width: int, norm: Norm, num_groups: int) -> None:
+    """A ConfigError when the group norm at a 1x1 latent grid would normalise single values (torch
+    raises "Expected more than 1 value per channel" at the first training step)."""
+    if norm == "group" and latent_size == 1 and width // math.gcd(num_groups, width) == 1:
+        raise ConfigError(
+            f"{name}: a group norm of {width} groups of one channel at the 1x1 latent grid normalises "
+            f"single values: set {name}.init_args.num_groups to leave 2+ channels per group, or use fewer "
+            "channel_mult stages"
+        )
+
+
+def _check_batch(name: str, net: Encoder | Decoder, batch_size: int) -> None:
+    """A ConfigError for a training batch of one image when batch norm meets the 1x1 latent grid: a
+    single value per channel (torch: "Expected more than 1 value per channel when training")."""
+    if net.training and net.norm == "batch" and batch_size * net.latent_size**2 == 1:
+        raise ConfigError(
+            f"{name}: batch norm at the 1x1 latent grid needs training batches of 2+ images: set "
+            f"data.batch_size >= 2, {name}.init_args.norm: group, or fewer channel_mult stages"
+        )
+
+
 class Encoder(nn.Module):
     """Images (B, C, H, W) -> latents (B, c, H / f, W / f), or (B, 2c, ...) with ``double_latent``.
 
@@ -120,6 +141,7 @@ class Encoder(nn.Module):
         self.downsample = _check("model.encoder", image_size, self.channel_mult, num_res_blocks)
 
         widths = [base_channels * m for m in self.channel_mult]
+        _check_norm("model.encoder", self.latent_size, widths[-1], norm, num_groups)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 4, stride=2, padding=1)]
         for previous, width in zip(widths[:-1], widths[1:], strict=True):
             layers += [
@@ -138,6 +160,7 @@ class Encoder(nn.Module):
         return self.image_size // self.downsample
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_batch("model.encoder", self, x.shape[0])
         return self.net(x)  # (B, C, H, W) -> (B, c or 2c, h, w)
 
 
@@ -181,6 +204,7 @@ class Decoder(nn.Module):
         self.downsample = _check("model.decoder", image_size, self.channel_mult, num_res_blocks)
 
         widths = [base_channels * m for m in self.channel_mult]
+        _check_norm("model.decoder", self.latent_size, widths[-1], norm, num_groups)
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1)]
         layers += [ResidualBlock(widths[-1], norm, activation, num_groups) for _ in range(num_res_blocks)]
         targets = [out_channels, *widths[:-1]]  # stage i upsamples widths[i] -> targets[i]
@@ -198,4 +222,5 @@ class Decoder(nn.Module):
         return self.image_size // self.downsample
 
     def forward(self, z: Tensor) -> Tensor:
+        _check_batch("model.decoder", self, z.shape[0])
         return self.net(z)  # (B, c, h, w) -> (B, C, H, W)

@@ -40,7 +40,8 @@ def _norm(channels: int, num_groups: int) -> nn.GroupNorm:
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of (B,) timesteps into (B, dim), as ``get_timestep_embedding`` of DDPM."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / (half - 1))  # (dim/2,)
+    # max(., 1): with dim 2 or 3 (base_channels 2 or 3) the one frequency is 1, not 0/0 = NaN
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / max(half - 1, 1))  # (dim/2,)
     args = t.float()[:, None] * freqs[None]  # (B, dim/2)
     return F.pad(torch.cat([args.sin(), args.cos()], dim=1), (0, dim % 2))  # (B, dim)
 
@@ -144,10 +145,11 @@ class UNet(nn.Module):
         widths = [ch * m for m in channel_mult]
         if levels == 0:
             raise ConfigError("UNet: channel_mult must have at least one level")
-        if bad := [w for w in widths if w % num_groups]:
+        if bad := [w for w in (ch, *widths) if w % num_groups]:  # ch: the input conv's, normed first
             raise ConfigError(
-                f"UNet: num_groups={num_groups} must divide every channel count, but the levels have "
-                f"{widths} channels ({bad} not divisible); pick num_groups dividing base_channels={ch}"
+                f"UNet: num_groups={num_groups} must divide every channel count, but base_channels={ch} "
+                f"and the levels have {widths} channels ({bad} not divisible); pick num_groups dividing "
+                f"base_channels={ch}"
             )
         if bad := [i for i in attention_levels if not 0 <= i < levels]:
             raise ConfigError(
@@ -156,6 +158,8 @@ class UNet(nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.out_channels = in_channels if out_channels is None else out_channels
         self.base_channels, self.multiple = ch, 2 ** (levels - 1)
+        # the fewest channels a GroupNorm sees at the lowest level (its input, its own): forward's check
+        self.num_groups, self._lowest_width = num_groups, min(widths[-2] if levels > 1 else ch, widths[-1])
         temb_dim = 4 * ch
         self.temb = nn.Sequential(
             _init(nn.Linear(ch, temb_dim)), nn.SiLU(), _init(nn.Linear(temb_dim, temb_dim))
@@ -198,6 +202,12 @@ class UNet(nn.Module):
             raise ConfigError(
                 f"UNet: input size {H}x{W} must be a multiple of {self.multiple} in both dimensions "
                 f"(2 ** (len(channel_mult) - 1)); resize or pad the images, or use fewer levels"
+            )
+        if H * W == self.multiple**2 and self._lowest_width == self.num_groups:
+            raise ConfigError(
+                f"UNet: {H}x{W} inputs are 1x1 at the lowest level, where num_groups={self.num_groups} "
+                "leaves one channel per group (a GroupNorm of single values): use fewer channel_mult levels "
+                "or a smaller num_groups"
             )
         if C != self.in_channels or t.shape != (B,):
             raise ValueError(

@@ -325,9 +325,10 @@ class VAE(LightningModule):
         u = torch.special.ndtr(paradigm.randn((n, *self.sample_shape), generator, self.device)).to(out)
         if self.likelihood == "bernoulli":
             return torch.where(u < torch.sigmoid(out), 1.0, -1.0).to(out.dtype)
+        scale = torch.as_tensor(self._log_scale()).to(out).exp()  # a fixed gaussian_std gives a float
         if self.likelihood == "gaussian":
-            return (out + self._log_scale().exp() * torch.special.ndtri(u)).clamp(-1, 1)
-        x = out + self._log_scale().exp() * torch.special.logit(u, eps=1e-6)  # logistic draw
+            return (out + scale * torch.special.ndtri(u)).clamp(-1, 1)
+        x = out + scale * torch.special.logit(u, eps=1e-6)  # logistic draw
         return (((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1).to(out.dtype)  # on the 8-bit grid
 
     # ------------------------------------------------------------------ likelihood estimates

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from lit_genai.data.audio.crops import Clips, FixedCrops, RandomCrops
 from lit_genai.data.audio.dsp import NUM_CLASSES, log_mel, mu_law_decode, num_frames
+from lit_genai.data.checks import check_counts
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
 from lit_genai.media import Waveforms
@@ -42,7 +43,8 @@ def error_reason(err: BaseException) -> str:
 @dataclass(frozen=True)
 class AudioSettings:
     """The ``__init__`` arguments every audio data module has (their meaning: ``AudioFolder``'s
-    docstring), checked when built: a bad value is a ``ConfigError`` naming its YAML key.
+    docstring), checked when built: a bad value is a ``ConfigError`` naming its YAML key (the counts
+    among them by ``AudioTokens.__init__``, ``lit_genai.data.checks``, which names the module too).
 
     Args:
         sample_rate: Hz of the clips and of the decoded samples.
@@ -78,11 +80,6 @@ class AudioSettings:
     def __post_init__(self) -> None:
         if self.sample_rate < 1:
             raise ConfigError(f"{KEY}.sample_rate={self.sample_rate} must be a positive number of Hz")
-        if self.crop_length < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"{KEY}: crop_length={self.crop_length}, batch_size={self.batch_size} and "
-                f"steps_per_epoch={self.steps_per_epoch} must all be at least 1"
-            )
         if self.mels and not (1 <= self.hop_length <= self.n_fft and 1 <= self.n_mels <= self.n_fft // 2 + 1):
             raise ConfigError(
                 f"{KEY}: mels need 1 <= hop_length <= n_fft and 1 <= n_mels <= n_fft // 2 + 1, got "
@@ -113,6 +110,14 @@ class AudioTokens(SplitLoaders, L.LightningDataModule):
 
     def __init__(self, settings: AudioSettings) -> None:
         super().__init__()
+        check_counts(
+            type(self).__name__,
+            crop_length=settings.crop_length,
+            batch_size=settings.batch_size,
+            steps_per_epoch=settings.steps_per_epoch,
+            num_workers=settings.num_workers,
+            predict_samples=settings.predict_samples,
+        )
         for field in fields(settings):
             setattr(self, field.name, getattr(settings, field.name))
         self.modality = "audio"

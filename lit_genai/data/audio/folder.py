@@ -40,6 +40,7 @@ from lit_genai.data.audio.base import KEY, AudioSettings, AudioTokens, error_rea
 from lit_genai.data.audio.crops import Clips
 from lit_genai.data.audio.download import NAMED_SETS, named_set_folder
 from lit_genai.data.audio.dsp import MAX_RESAMPLE_FACTOR, resample, resample_factors, trim_silence
+from lit_genai.data.checks import Folder
 from lit_genai.errors import ConfigError, DataNotFoundError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -79,9 +80,13 @@ class AudioFolder(AudioTokens):
             peak; None keeps the files whole.
         peak_normalize: Scale each file (after trimming) so that its largest |sample| is this (e.g.
             0.95); None keeps the levels.
-        short_files: A file with fewer than ``crop_length + 1`` samples (after trimming): ``"error"``
-            stops with its name, ``"skip"`` leaves it out (with a warning), ``"pad"`` zero-pads its one
-            crop at the end (in training it is drawn as often as one start of a longer file).
+        short_files: A file with fewer than ``crop_length + 1`` samples (after trimming): ``"pad"``
+            (the default) zero-pads its one crop at the end, i.e. with silence (in training it is
+            drawn as often as one start of a longer file); ``"skip"`` leaves it out; ``"error"`` stops
+            with its name. One warning counts the short files; a file with no sound left after
+            trimming is left out in any case. Padding is the default because speech corpora are
+            made of short utterances (a spoken digit is half a second): skipping would drop most of
+            such a set, and a word followed by silence is what speech sounds like anyway.
         cache_dir: Folder of the processed float16 waveforms; None = ``.lit_genai_audio`` in the audio
             folder.
         seed: Seed of the training crops' offsets.
@@ -106,7 +111,7 @@ class AudioFolder(AudioTokens):
         hop_length: int = 256,
         trim_db: Optional[float] = -40.0,
         peak_normalize: Optional[float] = None,
-        short_files: Literal["error", "skip", "pad"] = "error",
+        short_files: Literal["error", "skip", "pad"] = "pad",
         cache_dir: Optional[str] = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -232,6 +237,21 @@ class AudioFolder(AudioTokens):
         folder = Path(self.cache_dir) if self.cache_dir is not None else self.folder / ".lit_genai_audio"
         return folder / f"{self._digest}.f16", folder / f"{self._digest}.lengths.npy"
 
+    def write_folders(self) -> list[Folder]:
+        """The waveform cache's folder when the cache is still to be written, which the command line
+        checks before anything runs (``lit_genai.cli_checks.check_writable``)."""
+        data_file, lengths_file = self._cache_paths()
+        if data_file.is_file() and lengths_file.is_file():
+            return []
+        where = f"{KEY}.cache_dir" if self.cache_dir is not None else f"in {KEY}.root; set {KEY}.cache_dir"
+        return [
+            Folder(
+                f"the audio cache folder ({where})",
+                data_file.parent,
+                "pass --data.cache_dir <a writable folder>",
+            )
+        ]
+
     def load(self, index: int) -> np.ndarray:
         """File ``index`` as the model sees it: mono, at ``sample_rate``, trimmed, normalised; (T,)
         float32."""
@@ -275,26 +295,42 @@ class AudioFolder(AudioTokens):
         data_file, lengths = self._write_cache()
         clips = Clips(lengths, path=data_file)
         short = [i for i in range(len(self.files)) if lengths[i] < self.crop_length + 1]
+        when = f" after trimming silence below {self.trim_db} dB" if self.trim_db is not None else ""
         if short and self.short_files == "error":
-            i = short[0]
-            when = f" after trimming silence below {self.trim_db} dB" if self.trim_db is not None else ""
-            raise self._short(self.files[i], int(lengths[i]), when)
-        train, val = self.train_files, self.val_files
-        if short and self.short_files == "skip":
-            rank_zero_warn(
-                f"{self._source()}: {len(short)} of {len(self.files)} files are shorter than "
-                f"crop_length + 1 = {self.crop_length + 1} samples and are left out ({KEY}.short_files=skip)"
-            )
-            train, val = np.setdiff1d(train, short), np.setdiff1d(val, short)
-        empty = [lengths[i] == 0 for i in range(len(self.files))]
-        train, val = [i for i in train if not empty[i]], [i for i in val if not empty[i]]
+            raise self._short(self.files[short[0]], int(lengths[short[0]]), when)
+        silent = {i for i in short if lengths[i] == 0}  # no sound left to pad: left out in any case
+        left_out = set(short) if self.short_files == "skip" else silent
+        train = [int(i) for i in self.train_files if i not in left_out]
+        val = [int(i) for i in self.val_files if i not in left_out]
         if not train or (self.val_fraction > 0 and not val):
             split = "training" if not train else "validation"
-            raise ConfigError(
-                f"{self._source()}: no {split} file is left with audio of crop_length + 1 = "
-                f"{self.crop_length + 1} samples: lower crop_length or trim_db, or add files"
-            )
+            if self.short_files == "skip":
+                problem = f"is left with crop_length + 1 = {self.crop_length + 1} samples{when}"
+                fix = f"lower crop_length, set {KEY}.short_files pad, or add files"
+            else:
+                problem = f"has any sound{when}"
+                fix = f"lower {KEY}.trim_db (null keeps the files whole), or add files"
+            raise ConfigError(f"{self._source()}: no {split} file {problem}: {fix}")
+        if short:
+            rank_zero_warn(self._short_notice(len(short), len(silent), when))  # one line for them all
         self._build(clips, self.file_labels, train, val)
+
+    def _short_notice(self, short: int, silent: int, when: str) -> str:
+        """The one warning about files shorter than a crop: how many, and what becomes of them."""
+        notice = (
+            f"{self._source()}: {short} of {len(self.files)} files are shorter than crop_length + 1 = "
+            f"{self.crop_length + 1} samples{when}"
+        )
+        if self.short_files == "skip":
+            return f"{notice} and are left out ({KEY}.short_files=skip)"
+        fates = []
+        if short > silent:
+            fates.append(
+                f"{short - silent} are zero-padded at their end ({KEY}.short_files=pad; skip leaves them out)"
+            )
+        if silent:
+            fates.append(f"{silent} have no sound left and are left out")
+        return f"{notice}: {', '.join(fates)}"
 
     def identity(self) -> dict[str, Any]:
         """``AudioTokens.identity`` with ``root`` as an absolute path and a digest of the files."""
