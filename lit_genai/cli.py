@@ -146,7 +146,7 @@ class LitGenAICLI(LightningCLI):
                 "class_path": "lightning.pytorch.loggers.WandbLogger",
                 "init_args": {"project": "lit_genai", "offline": wandb_mode() == "offline"},
             },
-            "callbacks": [LearningRateLogger(logging_interval="step"), WandbRunId()],
+            "callbacks": [LearningRateLogger(logging_interval="step")],
         }
         super().__init__(
             LightningModule,
@@ -173,6 +173,8 @@ class LitGenAICLI(LightningCLI):
         parser.add_lightning_class_args(ResumeState, "resume")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FiniteGuard, "finite")  # NaN/inf stops training (one line)
+        # A group, not a default of trainer.callbacks, which a config's own callbacks list replaces.
+        parser.add_lightning_class_args(WandbRunId, "wandb_run")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",

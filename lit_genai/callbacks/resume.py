@@ -15,7 +15,8 @@ checkpoints (weights, optimisers, schedulers, loops, callback states):
    cannot count trained batches: Lightning prefetches). The resumed epoch yields the rest of the same
    order (``lit_genai.data.order``).
 3. The epoch bookkeeping, corrected when the checkpoint is read (Lightning 2.6's loop restart, see
-   ``_FitLoop.update_restart_stage``, gets two cases wrong):
+   ``_FitLoop.update_restart_stage``, gets two cases wrong; Lightning issues #19617, resuming when
+   ``max_steps`` falls on an epoch end, and #19815, a step checkpoint reruns its epoch, are open):
    - a run that stops by ``max_steps`` in the middle of an epoch ends that epoch's loop anyway
      (``on_advance_end`` marks it processed and completed), so its last checkpoint says the epoch is
      over and a resume skips the epoch's remaining batches. The epoch is marked unfinished again, and
