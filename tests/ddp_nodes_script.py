@@ -17,7 +17,6 @@ the file.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 from ddp_paradigms_script import free_port
+from helpers import join_process_group
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
@@ -141,10 +141,7 @@ class Mean(LightningModule):
 
 
 def _node(node: int, folder: Path, per_node: bool, port: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK=str(node), LOCAL_RANK="0"
-    )
+    join_process_group(port, 2, local_rank=0, node_rank=node)
     trainer = Trainer(
         accelerator="cpu",
         num_nodes=2,

@@ -40,6 +40,7 @@ from unittest import mock
 
 import torch
 import torch.multiprocessing as mp
+from helpers import join_process_group
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from test_contract import AUTOENCODERS, GENERATIVE, K
@@ -291,14 +292,7 @@ def _strategy(row: str) -> DDPStrategy:
 
 
 def _rank(rank: int, rows: tuple[str, ...], out: Path, ae: Path, port: int, epochs: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
-        NODE_RANK="0",
-        LOCAL_RANK=str(rank),
-    )
+    join_process_group(port, WORLD, local_rank=rank)
     # Set by an earlier seed_everything in this process (the CLI's), it would make the DDP setup
     # reseed the ranks (Lightning's reset_seed) and seed the DistributedSampler, unlike one process.
     os.environ.pop("PL_GLOBAL_SEED", None)

@@ -32,7 +32,6 @@ Shape legend: B batch per rank, W world size (2).
 
 from __future__ import annotations
 
-import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 import torch.multiprocessing as mp
 from ddp_evaluation_script import RealDigits
 from ddp_paradigms_script import BATCHES, free_port
+from helpers import join_process_group
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import FSDPStrategy
 from test_contract import AUTOENCODERS, GENERATIVE
@@ -247,14 +247,7 @@ def evaluate(out: Path) -> dict[str, Any]:
 
 
 def _rank(rank: int, out: Path, ae: Optional[Path], port: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
-        NODE_RANK="0",
-        LOCAL_RANK=str(rank),
-    )
+    join_process_group(port, WORLD, local_rank=rank)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     records: dict[str, dict[str, Any]] = {}
     for row in ROWS:

@@ -1,5 +1,8 @@
 """Shared test scaffolding: a quiet Trainer, the tiny conditional diffusion model, CLI overrides."""
 
+import os
+
+import torch
 from lightning.pytorch import Trainer
 
 from lit_genai.diffusion import Diffusion, DiffusionSampling
@@ -59,3 +62,16 @@ def run_cli(args: list[str]) -> int:
     except SystemExit as exit:
         return exit.code
     return 0
+
+
+def join_process_group(port: int, world: int, local_rank: int, node_rank: int = 0) -> None:
+    """Set what Lightning's ``LightningEnvironment`` reads to put this forked process in a CPU (gloo)
+    group of ``world`` ranks on 127.0.0.1:``port``; one torch thread, as the test processes use."""
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        NODE_RANK=str(node_rank),
+        LOCAL_RANK=str(local_rank),
+    )
