@@ -75,9 +75,10 @@ from lit_genai.cli_checks import (
     check_checkpoint,
     check_learning_rates,
     check_writable,
+    hpc_checkpoint,
     is_checkpoint_file,
+    last_checkpoint,
 )
-from lit_genai.cluster import hpc_checkpoint
 from lit_genai.conditions import check_conditions
 from lit_genai.errors import ConfigError, LitGenAIError
 from lit_genai.wandb_run import WandbRunId, prepare_wandb_run, wandb_mode
@@ -242,10 +243,10 @@ class LitGenAICLI(LightningCLI):
             safe = config.get("weights_only", True) is not False
             dirpath = config.checkpoint.dirpath
             last = config.ckpt_path == "last"
-            if config.ckpt_path == "hpc":  # SLURM's requeue checkpoint, in the run folder (cluster.py)
+            if config.ckpt_path == "hpc":  # SLURM's requeue checkpoint, in the run folder (cli_checks.py)
                 config.ckpt_path = hpc_checkpoint(root)
             else:
-                config.ckpt_path = _find_last_checkpoint(dirpath) if last else best_checkpoint(dirpath, safe)
+                config.ckpt_path = last_checkpoint(dirpath) if last else best_checkpoint(dirpath, safe)
             self._checkpoint = check_checkpoint(
                 config.ckpt_path, weights_only=safe, resume=self.subcommand == "fit"
             )
@@ -298,15 +299,6 @@ def _check_linked_values(model_config: Any, model: Any, datamodule: Any) -> None
 def _plain(value: Any) -> Any:
     """Lists for tuples (YAML gives lists, data modules tuples), so equal shapes compare equal."""
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _find_last_checkpoint(dirpath: str) -> str:
-    candidates = sorted(Path(dirpath).glob("last*.ckpt"), key=os.path.getmtime)
-    if not candidates:
-        raise LitGenAIError(
-            f"--ckpt_path last: no last.ckpt in {dirpath}; train first or pass a checkpoint path"
-        )
-    return str(candidates[-1])
 
 
 # Notices printed at every run that name nothing a lit-genai user can change.
