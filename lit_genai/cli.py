@@ -30,7 +30,8 @@ Defaults that every experiment shares live here, so experiment files hold only t
 ``lit-genai robustness`` (``lit_genai.adversarial.command.TrainerWithRobustness.robustness``) attacks a
 trained model with PGD on test examples (``--eps``, ``--norm``, ``--steps``, ``--objective``,
 ``--num_examples``) and writes ``robustness.json`` + ``robustness.png`` next to the checkpoint's folder;
-the other subcommands are Lightning's.
+the other subcommands are Lightning's. ``serve``, ``export`` and ``augment`` use a trained model and
+need no Trainer: each is the ``main`` of its own module (``USE_COMMANDS``).
 
 Library notices a user cannot act on are kept off the terminal (``quiet_library_notices``): Lightning's
 litlogger advert and a deprecation inside Lightning are filtered, narrowly matched; W&B's warnings about
@@ -46,6 +47,7 @@ and a pointer to ``--help`` (exit 2, as argparse); a ``LitGenAIError`` (a missin
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -333,10 +335,24 @@ def quiet_library_notices() -> None:
             logger.addFilter(_DropLitLoggerTip())
 
 
+# Commands that use a trained model rather than train one: each is ``main(args)`` of its own module,
+# imported only when named (``serve`` needs the optional LitServe, ``export`` ONNX), so ``fit`` never
+# imports them. LightningCLI's subcommands are Trainer methods; these need no Trainer.
+USE_COMMANDS = {
+    "serve": "lit_genai.serve.command",
+    "export": "lit_genai.export.command",
+    "augment": "lit_genai.augment.command",
+}
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``lit-genai`` and ``python -m lit_genai``."""
     quiet_library_notices()
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv and argv[0] in USE_COMMANDS:
+            importlib.import_module(USE_COMMANDS[argv[0]]).main(argv[1:])
+            return
         LitGenAICLI(args=args)
     except Exception as error:
         cause = _user_error(error)

@@ -110,23 +110,15 @@ def _network_class(class_path: str, where: str) -> type[nn.Module]:
     return cls
 
 
-def load_pretrained(path: str, cls: type[M], key: str) -> M:
-    """Rebuild a frozen autoencoder ``cls`` (``VQVAE``, ``KLAutoencoder``) from a checkpoint, in eval mode.
-
-    The checkpoint is read with ``torch.load(weights_only=True)``. The networks come from the
-    ``class_path`` + ``init_args`` entries of its hyperparameters: written by ``lit-genai fit``
-    (LightningCLI stores the config), or by ``record_network_configs`` for a module built in
-    Python. Optimiser and scheduler settings are not needed and not rebuilt. ``key`` is the config
-    key that named the file, used in the messages. Raises one ``ConfigError`` line for: a missing
-    file, an unreadable or corrupt one, a checkpoint of another module, a module that does not keep
-    the ``lit_genai.paradigm.Autoencoder`` protocol, and weights that do not fit.
-    """
-    where = f"{key}={path}"
+def read_checkpoint(
+    path: str | Path, where: str, missing_hint: str = "train one with lit-genai fit first"
+) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``torch.load(weights_only=True)`` on the CPU, or one
+    ``ConfigError`` line (``where``: what named the file) for a missing, truncated, corrupt or unsafe
+    file and for a file that is not a Lightning checkpoint."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ConfigError(
-            f"{where}: no such checkpoint file; train a {cls.__name__} with lit-genai fit first"
-        )
+        raise ConfigError(f"{where}: no such checkpoint file; {missing_hint}")
     if not zipfile.is_zipfile(file):
         with open(file, "rb") as f:
             zip_start = f.read(4) == b"PK\x03\x04"
@@ -146,7 +138,22 @@ def load_pretrained(path: str, cls: type[M], key: str) -> M:
         raise ConfigError(
             f"{where}: not a Lightning checkpoint (no state_dict); pass one saved by lit-genai fit"
         )
+    return checkpoint
 
+
+def load_pretrained(path: str, cls: type[M], key: str) -> M:
+    """Rebuild a frozen autoencoder ``cls`` (``VQVAE``, ``KLAutoencoder``) from a checkpoint, in eval mode.
+
+    The checkpoint is read with ``torch.load(weights_only=True)``. The networks come from the
+    ``class_path`` + ``init_args`` entries of its hyperparameters: written by ``lit-genai fit``
+    (LightningCLI stores the config), or by ``record_network_configs`` for a module built in
+    Python. Optimiser and scheduler settings are not needed and not rebuilt. ``key`` is the config
+    key that named the file, used in the messages. Raises one ``ConfigError`` line for: a missing
+    file, an unreadable or corrupt one, a checkpoint of another module, a module that does not keep
+    the ``lit_genai.paradigm.Autoencoder`` protocol, and weights that do not fit.
+    """
+    where = f"{key}={path}"
+    checkpoint = read_checkpoint(path, where, f"train a {cls.__name__} with lit-genai fit first")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     hparams.pop("_instantiator", None)

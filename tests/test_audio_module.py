@@ -23,38 +23,41 @@ NEW = 40  # samples generated after the prompt in these tests
 RATE = yaml.safe_load(Path(NOTES).read_text())["data"]["init_args"]["sample_rate"]  # the recipe's Hz
 
 
+# experiments/audio/wavenet_notes.yaml shrunk to seconds (the run folder is added per test).
+TINY_NOTES = {
+    "model": {
+        "init_args": {
+            "net": {
+                "init_args": {
+                    "residual_channels": 8,
+                    "gate_channels": 8,
+                    "skip_channels": 8,
+                    "layers_per_stack": 3,
+                    "stacks": 1,
+                    "block_size": 64,
+                }
+            },
+            "sampling": {"max_new_tokens": NEW},
+        }
+    },
+    "data": {
+        "init_args": {
+            "num_clips": 8,
+            "val_clips": 4,
+            "crop_length": 64,
+            "batch_size": 4,
+            "clip_seconds": 0.1,
+            "predict_samples": 3,
+        }
+    },
+    "samples": {"num_samples": 2},
+}
+
+
 @pytest.fixture()
 def tiny_notes(tmp_path):
     """experiments/audio/wavenet_notes.yaml shrunk to seconds, in ``tmp_path / "run"``."""
-    tiny = {
-        "model": {
-            "init_args": {
-                "net": {
-                    "init_args": {
-                        "residual_channels": 8,
-                        "gate_channels": 8,
-                        "skip_channels": 8,
-                        "layers_per_stack": 3,
-                        "stacks": 1,
-                        "block_size": 64,
-                    }
-                },
-                "sampling": {"max_new_tokens": NEW},
-            }
-        },
-        "data": {
-            "init_args": {
-                "num_clips": 8,
-                "val_clips": 4,
-                "crop_length": 64,
-                "batch_size": 4,
-                "clip_seconds": 0.1,
-                "predict_samples": 3,
-            }
-        },
-        "trainer": {**TINY_CLI_TRAINER, "default_root_dir": str(tmp_path / "run")},
-        "samples": {"num_samples": 2},
-    }
+    tiny = {**TINY_NOTES, "trainer": {**TINY_CLI_TRAINER, "default_root_dir": str(tmp_path / "run")}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny))
     return ["--config", NOTES, "--config", str(path)]

@@ -443,7 +443,12 @@ def test_gpt2_encode_and_decode_go_through_the_encoding(tmp_path, fake_gpt2):
     with pytest.raises(ConfigError) as err:
         data.decode(torch.tensor([65257]))
     assert "65257" in _one_line(err)
-    assert data.state_dict() == {"tokenizer": "gpt2", "vocabulary": None}
+    decoder = {
+        "class_path": "lit_genai.data.decoders.TextDecoder",
+        "init_args": data.state_dict()["decoder"]["init_args"],
+    }
+    assert data.state_dict() == {"tokenizer": "gpt2", "vocabulary": None, "decoder": decoder}
+    assert decoder["init_args"] == {"tokenizer": "gpt2", "vocabulary": None, "vocab_size": 65257}
     with pytest.raises(ConfigError) as err:
         CharText(path=str(tmp_path), tokenizer="gpt2", labels=True)
     assert "labels false" in _one_line(err)

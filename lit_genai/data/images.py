@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lit_genai.atomic import atomic_folder
 from lit_genai.data.checks import Folder, check_counts
+from lit_genai.data.decoders import ImageDecoder, decoder_state
 from lit_genai.data.order import training_loader
 from lit_genai.errors import ConfigError, DataNotFoundError, LitGenAIError
-from lit_genai.media import to_uint8
 from lit_genai.paradigm import this_rank
 
 
@@ -146,7 +146,16 @@ class ImageDataModule(L.LightningDataModule):
     def decode(self, x: Tensor) -> Tensor:
         """The image medium (``lit_genai.media``): (B, C, H, W) in [-1, 1] -> uint8 pixels
         in [0, 255], same shape and device."""
-        return to_uint8(x.detach())
+        return self.decoder(x)
+
+    @property
+    def decoder(self) -> ImageDecoder:
+        """What ``decode`` does, kept in checkpoints (``lit_genai.data.decoders``)."""
+        return ImageDecoder()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The media decoder, so a checkpoint decodes its samples without the data."""
+        return decoder_state(self.decoder)
 
     def _loader(self, dataset: Dataset | None) -> DataLoader:
         if dataset is None:

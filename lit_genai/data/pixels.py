@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from lit_genai.data.binarize import MODES, binarize
 from lit_genai.data.checks import Folder, check_counts, nested
+from lit_genai.data.decoders import PixelDecoder, decoder_state
 from lit_genai.data.images import ImageDataModule
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
@@ -74,9 +75,7 @@ def image_to_tokens(
 
 def tokens_to_uint8(tokens: Tensor, image_shape: Sequence[int], levels: int) -> Tensor:
     """Tokens (B, N) -> uint8 images (B, C, H, W): round(t 255 / (L - 1)), on the tokens' device."""
-    C, H, W = (int(s) for s in image_shape)
-    t = tokens.long().clamp(0, levels - 1).reshape(tokens.shape[0], H, W, C).permute(0, 3, 1, 2)
-    return (t.double() * (255.0 / (levels - 1))).round().to(torch.uint8)  # (B, C, H, W)
+    return PixelDecoder(tuple(image_shape), levels)(tokens)  # (B, C, H, W)
 
 
 class PixelTokens(Dataset):
@@ -224,4 +223,13 @@ class ImagePixels(SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ media
     def decode(self, tokens: Tensor) -> Tensor:
         """The image medium: tokens (B, N) -> uint8 images (B, C, H, W) on the tokens' device."""
-        return tokens_to_uint8(tokens, self.image_shape, self.levels)
+        return self.decoder(tokens)
+
+    @property
+    def decoder(self) -> PixelDecoder:
+        """What ``decode`` does, kept in checkpoints (``lit_genai.data.decoders``)."""
+        return PixelDecoder(tuple(self.image_shape), self.levels)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The media decoder, so a checkpoint decodes its samples without the images."""
+        return decoder_state(self.decoder)

@@ -65,6 +65,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lit_genai.data.checks import Folder, check_counts
+from lit_genai.data.decoders import TextDecoder, decoder_state
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.data.text_sources import (
     pydoc_topics,
@@ -381,8 +382,15 @@ class CharText(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoints and caches
     def state_dict(self) -> dict[str, Any]:
-        """The tokenizer and its vocabulary: a checkpoint decodes samples without the corpus."""
-        return {"tokenizer": self.tokenizer, "vocabulary": self.vocabulary}
+        """The tokenizer and its vocabulary, and the media decoder made of them: a checkpoint decodes
+        samples without the corpus (``lit_genai.data.decoders``)."""
+        return decoder_state(self.decoder, tokenizer=self.tokenizer, vocabulary=self.vocabulary)
+
+    @property
+    def decoder(self) -> TextDecoder:
+        """What ``decode`` does: token ids -> strings through this tokenizer and vocabulary."""
+        vocabulary = None if self.vocabulary is None else tuple(self.vocabulary)
+        return TextDecoder(self.tokenizer, vocabulary, self.vocab_size)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take the checkpoint's vocabulary (token ids then mean what they meant in training); the

@@ -20,6 +20,7 @@ Shape legend: B batch, C/H/W image, h/w token grid, N images of a split.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lit_genai.atomic import atomic_file
 from lit_genai.data.checks import Folder, check_counts, nested
+from lit_genai.data.decoders import decoder_state
 from lit_genai.data.images import ImageDataModule
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
@@ -52,6 +54,37 @@ def file_digest(path: str | Path, length: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
+
+
+@dataclasses.dataclass(frozen=True)
+class VQTokenDecoder:
+    """VQ-VAE token ids (B, h·w) or (B, h, w) -> uint8 images (B, C, H, W), through the tokenizer's
+    decoder (a media decoder of ``lit_genai.data.decoders``).
+
+    Args:
+        tokenizer: The VQ-VAE checkpoint (``lit-genai fit --config experiments/vae/vqvae_mnist.yaml``).
+        token_shape: (h, w) of one image's tokens.
+        model: The tokenizer, already loaded (not part of the config); read from ``tokenizer`` if None.
+    """
+
+    tokenizer: str
+    token_shape: tuple[int, int]
+    model: Optional[VQVAE] = dataclasses.field(
+        default=None, repr=False, compare=False, metadata={"config": False}
+    )
+    modality = "image"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token_shape", tuple(int(s) for s in self.token_shape))
+        if self.model is None:
+            object.__setattr__(self, "model", load_pretrained(self.tokenizer, VQVAE, _KEY))
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor) -> Tensor:
+        model = self.model.to(tokens.device)
+        with eval_mode(model):
+            images = model.decode(tokens.long().reshape(tokens.shape[0], *self.token_shape))
+        return to_uint8(images)
 
 
 class ImageTokens(SplitLoaders, L.LightningDataModule):
@@ -166,14 +199,20 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         self.train_set, self.val_set, self.test_set = (sets.get(split) for split in SPLITS)
 
     # ------------------------------------------------------------------ media
-    @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
         """The image medium: token ids (B, h*w) or (B, h, w) -> uint8 images (B, C, H, W) on the
         tokens' device, through the tokenizer's decoder."""
-        model = self.model.to(tokens.device)
-        with eval_mode(model):
-            images = model.decode(tokens.long().reshape(tokens.shape[0], *self.token_shape))
-        return to_uint8(images)
+        return self.decoder(tokens)
+
+    @property
+    def decoder(self) -> VQTokenDecoder:
+        """What ``decode`` does, kept in checkpoints (``lit_genai.data.decoders``): the tokenizer's
+        checkpoint path, read again when a checkpoint of a token model is loaded without the data."""
+        return VQTokenDecoder(self.tokenizer, self.token_shape, model=self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The media decoder, so a checkpoint decodes its samples without the images."""
+        return decoder_state(self.decoder)
 
     # ------------------------------------------------------------------ helpers
 

@@ -21,13 +21,13 @@ from typing import Any, Optional
 
 import lightning as L
 import numpy as np
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from lit_genai.data.audio.crops import Clips, FixedCrops, RandomCrops
-from lit_genai.data.audio.dsp import NUM_CLASSES, log_mel, mu_law_decode, num_frames
+from lit_genai.data.audio.dsp import NUM_CLASSES, log_mel, num_frames
 from lit_genai.data.checks import check_counts
+from lit_genai.data.decoders import AudioDecoder, decoder_state
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.errors import ConfigError
 from lit_genai.media import Waveforms
@@ -158,15 +158,16 @@ class AudioTokens(SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ the audio medium
     def decode(self, ids: Tensor) -> Waveforms:
         """Mu-law ids (B, T) (or one row (T,)) -> ``Waveforms`` (B, T) in [-1, 1] at ``sample_rate``."""
-        ids = torch.as_tensor(ids).detach().long().cpu()
-        ids = ids[None] if ids.dim() == 1 else ids  # (B, T)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= NUM_CLASSES):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise ConfigError(
-                f"token id {bad} is outside the {NUM_CLASSES} mu-law classes of the audio data: the model "
-                "was trained on other tokens (model vocab_size and data vocab_size differ)"
-            )
-        return Waveforms(mu_law_decode(ids), int(self.sample_rate))
+        return self.decoder(ids)
+
+    @property
+    def decoder(self) -> AudioDecoder:
+        """What ``decode`` does, kept in checkpoints (``lit_genai.data.decoders``)."""
+        return AudioDecoder(int(self.sample_rate))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The media decoder, so a checkpoint decodes its samples without the recordings."""
+        return decoder_state(self.decoder)
 
     def identity(self) -> dict[str, Any]:
         """What decides the validation / test crops (and, with ``batch_size``, the training ones), as a

@@ -1,0 +1,1 @@
+"""Exporting trained models to other runtimes and libraries (ONNX, safetensors, diffusers, Hugging Face)."""
