@@ -181,6 +181,9 @@ def test_audio_comes_back_as_waveforms_at_the_datas_rate(audio_run):
     assert [p.name for p in written] == ["sample_00000.wav", "sample_00001.wav"]
     for name in [f"sample_{i:05d}.{suffix}" for i in range(2) for suffix in ("wav", "png")]:
         assert (audio_run / "again" / name).read_bytes() == (audio_run / "predictions" / name).read_bytes()
+    assert module.class_names == ["flute", "clarinet", "bell", "pluck"]  # the data's, linked at fit
+    by_name = lit_genai.generate(module, 1, seed=5, cond="bell").samples
+    assert torch.equal(by_name, lit_genai.generate(module, 1, seed=5, cond=2).samples)
     (one,) = lit_genai.save(Waveforms(clips.samples[:1], clips.sample_rate), audio_run / "one.wav")
     assert sf.info(one).samplerate == clips.sample_rate
 
