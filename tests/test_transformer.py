@@ -1,5 +1,5 @@
 """GPT (lit_genai.nn.transformer): causality, initial loss, init statistics, weight tying,
-conditioning, the key/value cache and one-line errors."""
+conditioning, the key/value cache (at Python and at tensor positions) and one-line errors."""
 
 import math
 
@@ -105,6 +105,52 @@ def test_cache_matches_full_forward():
     parts = [net(x[:, a:b], cond, cache=cache) for a, b in ((0, 5), (5, 6), (6, 10), (10, 11), (11, 12))]
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(num_classes=2, rope=True)])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_cache_at_position_tensors_equals_full_forward(kwargs, per_row):
+    """The static cache read whole and masked (input_pos): the exportable decode step's path."""
+    net = tiny(**kwargs).eval()
+    x = torch.randint(0, 17, (3, 12))
+    cond = torch.tensor([0, 1, 2]) if kwargs else None
+    full = net(x, cond)
+    cache = net.init_cache(3)
+    for _ in range(2):  # a second sequence restarts at position 0 with no reset of the cache
+        steps = []
+        for t in range(12):
+            pos = torch.full((3, 1), t) if per_row else torch.tensor([t])
+            steps.append(net(x[:, t : t + 1], cond, cache=cache, input_pos=pos))
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 0  # positions given by the caller: the cache does not count them
+    chunks = net.init_cache(3)  # chunks at position tensors too (a prompt in one call)
+    first = net(x[:, :5], cond, cache=chunks, input_pos=torch.arange(5))
+    rest = net(x[:, 5:], cond, cache=chunks, input_pos=torch.arange(5, 12))
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_at_different_positions_decode_their_own_sequences():
+    net = tiny(rope=True).eval()
+    x = torch.randint(0, 17, (2, 12))
+    full = net(x)
+    cache = net.init_cache(2)
+    for s in range(12):  # row 1 lags 4 positions behind row 0 (it rewrites position 0 until then)
+        pos = torch.tensor([[s], [max(s - 4, 0)]])
+        logits = net(x.gather(1, pos), cache=cache, input_pos=pos)[:, 0]  # (2, V)
+        torch.testing.assert_close(logits[0], full[0, s], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[1], full[1, pos[1, 0]], rtol=1e-5, atol=1e-5)
+
+
+def test_position_tensors_need_a_cache_a_causal_net_and_fitting_shapes():
+    x = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="input_pos needs a cache"):
+        tiny()(x, input_pos=torch.tensor([0]))
+    bidirectional = tiny(causal=False)
+    with pytest.raises(ValueError, match="causal net"):
+        bidirectional(x, cache=bidirectional.init_cache(2), input_pos=torch.tensor([0]))
+    net = tiny()
+    with pytest.raises(ValueError, match=r"input_pos must be \(1,\) or \(2, 1\)"):
+        net(x, cache=net.init_cache(2), input_pos=torch.tensor([0, 1]))
 
 
 def test_dropout_only_in_training():

@@ -1,5 +1,6 @@
 """WaveNet (lit_genai.nn.wavenet): the receptive field, causality, exact fast generation through the
-rolling queues (Paine et al. 2016), global and local conditioning, training, one-line errors."""
+rolling queues (Paine et al. 2016) and the ring buffers of the exportable step, global and local
+conditioning, training, one-line errors."""
 
 import pytest
 import torch
@@ -94,6 +95,20 @@ def test_cached_steps_equal_the_full_forward_at_every_position(kwargs, prompt, s
             out.append(net(idx[:, t : t + 1], cond, None if t % 2 else local, cache=cache))
     assert cache.length == T
     torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS)
+def test_ring_steps_at_position_tensors_equal_the_full_forward(kwargs):
+    net = tiny(**kwargs)
+    T = 2 * net.receptive_field + 7  # every ring wraps around several times
+    idx, cond, local = inputs(net, 3, T)
+    rings = net.init_rings(3)
+    assert [ring.shape for ring in rings] == [(3, 8, (net.kernel_size - 1) * d) for d in net.dilations]
+    with torch.no_grad():
+        full = net(idx, cond, local)  # (B, T, V)
+        for _ in range(2):  # a second sequence restarts at position 0 with no reset of the rings
+            steps = [net.step(idx[:, t : t + 1], torch.tensor([t]), rings, cond, local) for t in range(T)]
+            torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS[2:])
@@ -226,3 +241,8 @@ def test_wrong_inputs_are_reported():
     net(idx[:, :8], torch.zeros(2, dtype=torch.long), local[:, :, :2], cache=cache)  # 2 frames: 8 samples
     with pytest.raises(ValueError, match="cached local features cover 2 frames"):
         net(idx[:, :1], torch.zeros(2, dtype=torch.long), cache=cache)
+    rings, pos = net.init_rings(2), torch.tensor([0])
+    with pytest.raises(ValueError, match=r"idx must be \(B, 1\) sample ids and input_pos \(1,\)"):
+        net.step(idx[:, :2], pos, rings, torch.zeros(2, dtype=torch.long), local)
+    with pytest.raises(ValueError, match=r"local must be \(2, 3, >= 1\)"):
+        net.step(idx[:, :1], pos, rings, torch.zeros(2, dtype=torch.long), None)

@@ -96,6 +96,21 @@ def sample_next(logits: Tensor, generator: paradigm.Generators = None) -> Tensor
     return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)[:, 0]
 
 
+def next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    generator: paradigm.Generators = None,
+) -> Tensor:
+    """The next token of every row, (B, V) logits -> (B,) int64: the most likely one for temperature
+    0 (greedy, no number drawn), else one drawn from ``filter_logits`` by ``sample_next``; every
+    sampling loop picks its tokens here."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+
+
 @torch.no_grad()
 def generate(
     net: nn.Module,
@@ -165,10 +180,7 @@ def generate(
         tokens = [seq]
         length = seq.shape[1]
         for step in steps:
-            if temperature == 0:
-                nxt = logits.argmax(-1)  # (B,)
-            else:
-                nxt = sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+            nxt = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
             tokens.append(nxt[:, None])
             length += 1
             if step == max_new_tokens - 1:
@@ -262,9 +274,7 @@ def generate_in_place(
 
         def draw(logits: Tensor, t: int) -> Tensor:  # (B, V) -> (B,), as the loop below draws
             steps.update(1)
-            if temperature == 0:
-                return logits.argmax(-1)
-            return sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+            return next_token(logits, temperature, top_k, top_p, generator)
 
         with paradigm.eval_mode(net):
             incremental(seq, start, draw, cond)
@@ -274,8 +284,5 @@ def generate_in_place(
         for t in steps:
             prefix = seq[:, : min(length, (t // row + 1) * row)]  # (B, rows up to t)
             logits = net(prefix, cond)[:, t] if cond is not None else net(prefix)[:, t]  # (B, V)
-            if temperature == 0:
-                seq[:, t] = logits.argmax(-1)
-            else:
-                seq[:, t] = sample_next(filter_logits(logits, temperature, top_k, top_p), generator)
+            seq[:, t] = next_token(logits, temperature, top_k, top_p, generator)
     return seq

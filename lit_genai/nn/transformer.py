@@ -33,9 +33,15 @@ position of the context); the last row, label ``num_classes``, is the null label
 guidance (Ho & Salimans 2022).
 
 Key/value cache (incremental decoding): ``init_cache`` allocates per-layer key and value buffers of
-``block_size`` positions; ``forward(idx_new, cond, cache=cache)`` runs only the new tokens, at
-positions ``cache.length ..``, attending over the cached and the new keys (causally within the new
-chunk), writes their keys and values into the cache and returns the logits of the new positions.
+``block_size`` positions, a static cache (fixed shapes, as litgpt's ``KVCache`` and transformers'
+``StaticCache``); ``forward(idx_new, cond, cache=cache)`` runs only the new tokens, at positions
+``cache.length ..``, writes their keys and values into the buffers at those positions
+(``index_copy_``), attends over the cached and the new keys (causally within the new chunk) and
+returns the logits of the new positions. ``forward(idx_new, cond, cache=cache, input_pos=pos)``
+takes the positions as a tensor instead, (t,) shared or (B, t) per row, and attends over the whole
+buffer masked to the keys at positions <= each query's: no Python number depends on the position,
+so the step exports with ``torch.export`` (``lit_genai.export.decoding``), and a sequence that
+restarts at position 0 needs no reset (later positions are masked until they are written again).
 The cache never holds more than ``block_size`` positions: ``lit_genai.ar.sampling.generate`` falls
 back to recomputing the last ``block_size`` tokens once the context is full.
 
@@ -59,11 +65,14 @@ from lit_genai.nn.layers import check_labels
 
 def rotary(z: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     """Rotary position embedding (RoFormer eq. 34) of queries or keys z (B, nh, t, hs) at integer
-    ``positions`` (t,): each pair of features (2i, 2i + 1) is rotated by the angle p * base^(-2i/hs).
-    Dot products of rotated vectors then depend on positions only through their difference."""
+    ``positions`` (t,), or (B, t) one row per sequence: each pair of features (2i, 2i + 1) is
+    rotated by the angle p * base^(-2i/hs). Dot products of rotated vectors then depend on positions
+    only through their difference."""
     hs = z.shape[-1]
     inv_freq = base ** (-torch.arange(0, hs, 2, device=z.device, dtype=torch.float32) / hs)  # (hs/2,)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (t, hs/2)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (t, hs/2) or (B, t, hs/2)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, t, hs/2): the same angles for every head
     cos, sin = angles.cos().to(z.dtype), angles.sin().to(z.dtype)
     z1, z2 = z[..., 0::2], z[..., 1::2]  # (B, nh, t, hs/2) each
     return torch.stack([z1 * cos - z2 * sin, z1 * sin + z2 * cos], dim=-1).flatten(-2)  # (B, nh, t, hs)
@@ -80,11 +89,13 @@ class KVCache:
         keys: one (B, nh, block_size, hs) buffer per layer; positions ``[0, length)`` are filled.
         values: the same for the values.
         length: the number of cached positions; the next token goes to position ``length``.
+
+    The buffers never change shape: a token at position p writes column p (module docstring).
     """
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
-    length: int = 0
+    length: int = 0  # kept by calls without ``input_pos``; a caller giving positions tracks them itself
 
     @property
     def batch_size(self) -> int:
@@ -117,33 +128,68 @@ class SelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout, self.causal = n_head, n_embd, dropout, causal
         self.rope = rope
 
-    def forward(self, x: Tensor, kv: Optional[tuple[Tensor, Tensor]] = None, start: int = 0) -> Tensor:
-        """x (B, t, D) -> (B, t, D); with ``kv`` (the layer's cache buffers) the new keys and values
-        are written at positions ``[start, start + t)`` and the queries attend over ``[0, start + t)``."""
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        kv: Optional[tuple[Tensor, Tensor]] = None,
+        end: Optional[int] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """x (B, t, D) at ``positions`` (t,) or (B, t) -> (B, t, D).
+
+        With ``kv`` (the layer's cache buffers, (B, nh, block_size, hs) each) the new keys and values
+        are written at ``positions`` and the queries attend over the cached keys. ``end``: the number
+        of filled positions when the caller knows it as a Python int (the positions are then
+        ``end - t .. end - 1``): only the keys before it are read; None: the whole buffer.
+        ``mask``: additive (0 / -inf), (t, L) or (B, 1, t, L) over the L keys read (``_cache_mask``),
+        made once for all layers; None: causal within a chunk that starts at position 0, else
+        (one new token) every key read.
+        """
         B, t, D = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (z.view(B, t, self.n_head, D // self.n_head).transpose(1, 2) for z in (q, k, v))
         # q, k, v: (B, nh, t, hs)
-        if self.rope:  # positions start .. start + t; cached keys were rotated when written
-            positions = torch.arange(start, start + t, device=x.device)
+        if self.rope:  # cached keys were rotated when written
             q, k = rotary(q, positions), rotary(k, positions)
-        mask, is_causal = None, self.causal
         if kv is not None:
             k_buf, v_buf = kv
-            k_buf[:, :, start : start + t] = k
-            v_buf[:, :, start : start + t] = v
-            k = k_buf[:, :, : start + t].to(q.dtype)  # (B, nh, start + t, hs)
-            v = v_buf[:, :, : start + t].to(q.dtype)
-            if start > 0 and self.causal:
-                is_causal = False  # SDPA's is_causal aligns the mask top-left; with a prefix it must not
-                if t > 1:  # new query i (position start + i) sees keys j <= start + i
-                    keys = torch.arange(start + t, device=x.device)
-                    mask = keys[None, :] <= start + torch.arange(t, device=x.device)[:, None]  # (t, start+t)
+            _write(k_buf, positions, k)
+            _write(v_buf, positions, v)
+            k = k_buf[:, :, :end].to(q.dtype)  # (B, nh, end or block_size, hs)
+            v = v_buf[:, :, :end].to(q.dtype)
+        # SDPA's is_causal aligns its mask top-left: right only when the keys are the chunk's own
+        is_causal = self.causal and mask is None and end == t
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # SDPA takes a float mask of the queries' dtype (autocast)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )  # (B, nh, t, hs)
         y = y.transpose(1, 2).reshape(B, t, D)
         return self.resid_dropout(self.c_proj(y))
+
+
+def _cache_mask(positions: Tensor, length: int, dtype: torch.dtype) -> Tensor:
+    """The additive attention mask of queries at ``positions`` (t,) or (B, t) over the cache's first
+    ``length`` keys: 0 where key j <= the query's position, -inf elsewhere; (t, L) or (B, 1, t, L)
+    (one for every head). Float rather than bool: SDPA on CPU converts a bool mask at every call."""
+    keys = torch.arange(length, device=positions.device)
+    allowed = keys <= positions[..., None]  # (t, L) or (B, t, L)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
+    return mask if mask.dim() == 2 else mask[:, None]
+
+
+def _write(buffer: Tensor, positions: Tensor, new: Tensor) -> None:
+    """Write ``new`` (B, nh, t, hs) into a cache buffer (B, nh, L, hs) at ``positions``: (t,) for
+    every row (``index_copy_``) or (B, t) one row each (``scatter_``); in place, so an exported step
+    records it as a buffer mutation."""
+    new = new.to(buffer.dtype)
+    if positions.dim() == 1:
+        buffer.index_copy_(2, positions, new)
+    else:
+        buffer.scatter_(2, positions[:, None, :, None].expand_as(new), new)
 
 
 class MLP(nn.Module):
@@ -186,8 +232,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
-    def forward(self, x: Tensor, kv: Optional[tuple[Tensor, Tensor]] = None, start: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv, start)
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        kv: Optional[tuple[Tensor, Tensor]] = None,
+        end: Optional[int] = None,
+        mask: Optional[Tensor] = None,
+    ) -> Tensor:  # (B, t, D) -> (B, t, D); positions, kv, end, mask: as SelfAttention.forward
+        x = x + self.attn(self.ln_1(x), positions, kv, end, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -290,7 +343,13 @@ class GPT(nn.Module):
             values=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(self.n_layer)],
         )
 
-    def forward(self, idx: Tensor, cond: Optional[Tensor] = None, cache: Optional[KVCache] = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        cond: Optional[Tensor] = None,
+        cache: Optional[KVCache] = None,
+        input_pos: Optional[Tensor] = None,
+    ) -> Tensor:
         """Next-token logits.
 
         Args:
@@ -298,7 +357,11 @@ class GPT(nn.Module):
             cond: (B,) int64 labels in [0, num_classes] (num_classes: the null label) when
                 ``num_classes > 0``, else None.
             cache: a ``KVCache`` from ``init_cache``: the tokens take positions ``cache.length ..``,
-                their keys and values are appended and ``cache.length`` grows by T.
+                their keys and values are written into it and ``cache.length`` grows by T.
+            input_pos: with ``cache``, the positions of the tokens as a tensor instead, (T,) for every
+                row or (B, T) one row each, each < ``block_size``: attention reads the whole cache,
+                masked to the positions <= each token's, and ``cache.length`` is left alone (the
+                exportable decode step, module docstring). Causal nets only.
 
         Returns:
             (B, T, V) logits of the next token after each position of ``idx``.
@@ -306,26 +369,42 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"GPT: idx must be (B, T) int64 token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.block_size:
-            where = f"{T} tokens" if cache is None else f"{T} new tokens after {start} cached ones"
-            raise ConfigError(
-                f"GPT: got {where}, more than block_size={self.block_size}: shorten the sequence "
-                f"(crop to the last {self.block_size} tokens) or raise model.net.init_args.block_size"
-            )
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"GPT: the cache holds {cache.batch_size} sequences but idx has {B}")
-        if cache is not None and not self.causal and start > 0:
-            raise ValueError("GPT: causal=False attends to later positions, so it cannot decode with a cache")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        end: Optional[int] = None  # positions filled after this call, when known as a Python int
+        if input_pos is not None:
+            if cache is None or not self.causal:
+                raise ValueError("GPT: input_pos needs a cache and a causal net (causal=True)")
+            if tuple(input_pos.shape) not in ((T,), (B, T)):
+                raise ValueError(f"GPT: input_pos must be ({T},) or ({B}, {T}), got {tuple(input_pos.shape)}")
+            pos = input_pos.long()  # (T,) or (B, T)
+        else:
+            start = 0 if cache is None else cache.length
+            end = start + T
+            if end > self.block_size:
+                where = f"{T} tokens" if cache is None else f"{T} new tokens after {start} cached ones"
+                raise ConfigError(
+                    f"GPT: got {where}, more than block_size={self.block_size}: shorten the sequence "
+                    f"(crop to the last {self.block_size} tokens) or raise model.net.init_args.block_size"
+                )
+            if cache is not None and not self.causal and start > 0:
+                raise ValueError(
+                    "GPT: causal=False attends to later positions, so it cannot decode with a cache"
+                )
+            pos = torch.arange(start, end, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, D)
         check_labels("GPT", self.num_classes, cond, B, allow_null=True, arg="cond")
         if self.class_emb is not None:
             x = x + self.class_emb(cond)[:, None, :]  # the class embedding at every position
         x = self.transformer.drop(x)
+        mask = None  # None: causal over a chunk from position 0, or every key read for one new token
+        if input_pos is not None:  # the whole buffer: the positions not yet written are masked
+            mask = _cache_mask(pos, self.block_size, x.dtype)
+        elif cache is not None and start > 0 and T > 1:  # a chunk after cached keys
+            mask = _cache_mask(pos, end, x.dtype)
         for i, block in enumerate(self.transformer.h):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x = block(x, kv, start)
-        if cache is not None:
-            cache.length = start + T
+            x = block(x, pos, kv, end, mask)
+        if cache is not None and input_pos is None:
+            cache.length = end
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)

@@ -50,6 +50,15 @@ float round-off) at any length. With local conditioning the cache keeps the (pro
 its first call, the features of the whole sequence to generate, and the new sample at position
 ``length`` takes frame length // hop_length.
 
+Ring buffers (the exportable step): ``init_rings`` gives per layer a fixed (B, R, (k - 1) d_l)
+buffer holding the layer's last (k - 1) d_l inputs, time tau at column tau mod (k - 1) d_l, and
+``step(idx, input_pos, rings, cond, local)`` runs one sample at a position given as a tensor: it
+reads the k - 1 past taps at columns (t - j d_l) mod (k - 1) d_l (zeros for times before 0, so
+position 0 starts a new sequence with no reset), then writes the new input over the oldest one. No
+Python number depends on the position, so the step exports with ``torch.export``
+(``lit_genai.export.decoding``), and it computes what the queues compute (the same taps into the same
+matrix products).
+
 ``block_size`` is the context ``lit_genai.ar.sampling.generate`` crops to when it recomputes
 (``use_cache=False``) and the longest training sequence ``ar.NextToken`` accepts; it must be at least
 the receptive field (the default), so that the cropped recomputation gives the same logits.
@@ -60,6 +69,7 @@ channels, N = stacks * layers_per_stack layers, C local channels, F frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -227,6 +237,22 @@ class WaveNet(nn.Module):
             spare=spare,
         )
 
+    def init_rings(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> list[Tensor]:
+        """Zero ring buffers for ``step``: one (B, R, (k - 1) d_l) per layer (module docstring).
+
+        Args:
+            batch_size: number of sequences B.
+            device: where the rings live (default: the parameters' device).
+            dtype: their dtype (default: the parameters' dtype).
+        """
+        weight = self.embed.weight
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
+        k, R = self.kernel_size, self.residual_channels
+        return [torch.zeros(batch_size, R, (k - 1) * d, device=device, dtype=dtype) for d in self.dilations]
+
     def _project_local(self, local: Optional[Tensor], B: int, end: int) -> Optional[Tensor]:
         """The local features projected for every layer, (B, N * G, F), checked to cover positions < end."""
         if self.local_proj is None:
@@ -297,7 +323,7 @@ class WaveNet(nn.Module):
             if loc is not None:  # the frame of position start
                 frame = loc[:, :, start // self.hop_length, None]  # (B, N * G, 1)
                 bias = frame if bias is None else bias + frame
-            logits = self._step(idx[:, 0], bias, cache)[:, None]  # (B, 1, V)
+            logits = self._queue_step(idx[:, 0], bias, cache)[:, None]  # (B, 1, V)
             cache.length += 1
             return logits
         frames = None if loc is None else torch.arange(start, start + T, device=idx.device) // self.hop_length
@@ -327,35 +353,90 @@ class WaveNet(nn.Module):
             cache.length = cache.base = start + T
         return self.head(skip).transpose(1, 2)  # (B, T, V)
 
-    def _step(self, idx: Tensor, bias: Optional[Tensor], cache: WaveNetCache) -> Tensor:
-        """One new sample per row through the queues: idx (B,) -> logits (B, V) (Paine et al. 2016).
+    def step(
+        self,
+        idx: Tensor,
+        input_pos: Tensor,
+        rings: list[Tensor],
+        cond: Optional[Tensor] = None,
+        local: Optional[Tensor] = None,
+    ) -> Tensor:
+        """One sample per row through ring buffers at a position given as a tensor: the exportable
+        form of fast generation (module docstring).
 
-        The same computation as ``forward`` at one position, with the convolutions as matrix
-        products over the k taps (the conv weights viewed as (out, in * k), no copies).
+        Args:
+            idx: (B, 1) int64 sample ids at position t.
+            input_pos: (1,) int64 position t, the same for every row; positions 0, 1, ... in order
+                (0 starts a new sequence).
+            rings: ``init_rings(B)``, updated in place.
+            cond: (B,) int64 labels in [0, num_classes] when ``num_classes > 0``, else None.
+            local: (B, local_channels, F) features of the whole sequence when ``local_channels > 0``
+                (frame t // hop_length conditions position t; F > t // hop_length), else None.
+
+        Returns:
+            (B, V) logits of sample t + 1.
         """
-        k, t, G, R, S = (
-            self.kernel_size,
-            cache.length,
-            self.gate_channels,
-            self.residual_channels,
-            self.skip_channels,
-        )
+        if idx.dim() != 2 or idx.shape[1] != 1 or tuple(input_pos.shape) != (1,):
+            raise ValueError(
+                f"WaveNet.step: idx must be (B, 1) sample ids and input_pos (1,), got "
+                f"{tuple(idx.shape)} and {tuple(input_pos.shape)}"
+            )
+        B = idx.shape[0]
+        check_labels("WaveNet", self.num_classes, cond, B, allow_null=True, arg="cond")
+        bias = self.class_bias(cond)[:, :, None] if self.class_bias is not None else None  # (B, N * G, 1)
+        if self.local_proj is not None or local is not None:
+            if local is not None and local.dim() == 3:  # the frame of position t only: a 1x1 projection
+                local = local.index_select(2, input_pos // self.hop_length)  # (B, C, 1)
+            frame = self._project_local(local, B, 1)  # (B, N * G, 1), or one line for a bad shape
+            bias = frame if bias is None else bias + frame
+        k = self.kernel_size
+        back = torch.arange(k - 1, 0, -1, device=idx.device)  # (k - 1,): k - 1, ..., 1 dilations back
+
+        def taps_of(i: int, x: Tensor) -> Tensor:  # x (B, R) at time t -> inputs at t - (k - 1) d .. t
+            ring, d = rings[i], self.dilations[i]
+            times = input_pos - d * back  # (k - 1,)
+            past = ring.index_select(2, times % ring.shape[2])  # (B, R, k - 1)
+            past = torch.where(times >= 0, past, 0.0)  # zeros before time 0, as forward's padding
+            ring.index_copy_(2, input_pos % ring.shape[2], x[:, :, None].to(ring.dtype))  # over t - (k-1) d
+            return torch.cat([past.to(x.dtype), x[:, :, None]], dim=2)  # (B, R, k)
+
+        return self._step(idx[:, 0], bias, taps_of)
+
+    def _queue_step(self, idx: Tensor, bias: Optional[Tensor], cache: WaveNetCache) -> Tensor:
+        """One new sample per row through the queues of ``cache``: idx (B,) -> logits (B, V) (Paine
+        et al. 2016): the new input goes to the next column of each queue and the k taps are one
+        strided view (every d-th column)."""
+        k, t = self.kernel_size, cache.length
         if t - cache.base >= cache.spare:  # no spare column left: the last inputs to the front
             for q, d in zip(cache.queues, self.dilations, strict=True):
                 pad = (k - 1) * d
                 q[:, :, :pad] = q[:, :, -pad:].clone()  # times t - pad .. t - 1
             cache.base = t
+
+        def taps_of(i: int, x: Tensor) -> Tensor:  # x (B, R) at time t -> inputs at t - (k - 1) d .. t
+            q, d = cache.queues[i], self.dilations[i]
+            pad = (k - 1) * d
+            c = pad + t - cache.base  # the column of time t
+            q[:, :, c] = x
+            return q[:, :, c - pad : c + 1 : d]  # (B, R, k)
+
+        return self._step(idx, bias, taps_of)
+
+    def _step(self, idx: Tensor, bias: Optional[Tensor], taps_of: Callable[[int, Tensor], Tensor]) -> Tensor:
+        """One new sample per row: idx (B,) -> logits (B, V).
+
+        The same computation as ``forward`` at one position, with the convolutions as matrix
+        products over the k taps (the conv weights viewed as (out, in * k), no copies).
+        ``taps_of(i, x)`` records layer i's input x (B, R) and returns its inputs at times
+        t - (k - 1) d_i, ..., t - d_i, t, (B, R, k): from the queues or the rings.
+        """
+        k, G, R, S = self.kernel_size, self.gate_channels, self.residual_channels, self.skip_channels
         x = self.embed(idx)  # (B, R)
         B, H = x.shape[0], G // 2
         biases = [None] * self.n_layers if bias is None else bias[:, :, 0].split(G, dim=1)  # (B, G) each
         skip: Optional[Tensor] = None
-        for i, (conv, out, d, q) in enumerate(
-            zip(self.dilated, self.out, self.dilations, cache.queues, strict=True)
-        ):
-            pad = (k - 1) * d
-            c = pad + t - cache.base  # the column of time t
-            q[:, :, c] = x
-            taps = q[:, :, c - pad : c + 1 : d].reshape(B, R * k)  # times t - (k - 1) d, ..., t - d, t
+        for i, (conv, out) in enumerate(zip(self.dilated, self.out, strict=True)):
+            taps = taps_of(i, x).reshape(B, R * k)
             pre = F.linear(taps.to(x.dtype), conv.weight.view(G, R * k), conv.bias)  # (B, G)
             if biases[i] is not None:
                 pre = pre + biases[i]
