@@ -27,12 +27,12 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check lit_genai tests benchmarks
-	$(BIN)/ruff format --check lit_genai tests benchmarks
+	$(BIN)/ruff check lit_genai tests benchmarks examples
+	$(BIN)/ruff format --check lit_genai tests benchmarks examples
 
 format: $(STAMP)
-	$(BIN)/ruff format lit_genai tests benchmarks
-	$(BIN)/ruff check --fix lit_genai tests benchmarks
+	$(BIN)/ruff format lit_genai tests benchmarks examples
+	$(BIN)/ruff check --fix lit_genai tests benchmarks examples
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache
