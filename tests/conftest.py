@@ -31,3 +31,13 @@ def ae_checkpoint(tmp_path_factory):
     trainer.fit(tiny_kl(), datamodule=MNIST5k(batch_size=16))
     trainer.save_checkpoint(folder / "kl.ckpt")
     return folder / "kl.ckpt"
+
+
+@pytest.fixture(scope="session")
+def serve_server(tmp_path_factory):
+    """One ``lit-genai serve`` process on 127.0.0.1 over tiny image, text and audio runs, with an API
+    key and the page, shared by tests/test_serve.py and tests/test_serve_ui.py (serve_helpers.py);
+    stopped at the end of the session."""
+    from serve_helpers import shared_server
+
+    yield from shared_server(tmp_path_factory)

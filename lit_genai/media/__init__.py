@@ -48,9 +48,18 @@ from lit_genai.media.audio import (
     log_audio,
     spectrogram,
     spectrogram_image,
+    wav_bytes,
     write_audio,
 )
-from lit_genai.media.image import ImageRoute, image_grid, log_images, to_uint8, write_image_grid, write_images
+from lit_genai.media.image import (
+    ImageRoute,
+    image_grid,
+    log_images,
+    png_bytes,
+    to_uint8,
+    write_image_grid,
+    write_images,
+)
 from lit_genai.media.route import Route, sample_names
 from lit_genai.media.text import TextRoute, log_text, write_text, write_text_listing
 
@@ -111,12 +120,14 @@ __all__ = [
     "log_audio",
     "log_images",
     "log_text",
+    "png_bytes",
     "route",
     "sample_names",
     "spectrogram",
     "spectrogram_image",
     "to_media",
     "to_uint8",
+    "wav_bytes",
     "write_audio",
     "write_image_grid",
     "write_images",

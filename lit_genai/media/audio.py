@@ -9,6 +9,7 @@ Shape legend: B batch, T time (audio frames), F frequency bins.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,13 +108,21 @@ def spectrogram_image(wave: Tensor, top_db: float = 80.0) -> np.ndarray:
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
+def wav_bytes(clip: np.ndarray, sample_rate: int) -> bytes:
+    """One (T,) float clip in [-1, 1] as the bytes of its 16-bit PCM WAV file: what ``write_audio``
+    writes and the service (``lit_genai.serve``) returns, so both are the same bytes."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, clip, int(sample_rate), subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
 def write_audio(folder: Path, names: Sequence[str], audio: Waveforms) -> list[Path]:
     """``<name>.wav`` (16-bit PCM) and a ``<name>.png`` spectrogram per clip; returns the WAV paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, clip in zip(names, audio.numpy(), strict=True):
         path = folder / f"{name}.wav"
-        soundfile.write(path, clip, audio.sample_rate, subtype="PCM_16")
+        path.write_bytes(wav_bytes(clip, audio.sample_rate))
         Image.fromarray(spectrogram_image(torch.from_numpy(clip))).save(folder / f"{name}.png")
         paths.append(path)
     return paths

@@ -9,6 +9,7 @@ Shape legend: B batch, C channels, H/W spatial, H'/W' grid.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,13 +52,21 @@ def log_images(
             logger.experiment.add_image(key, grid, global_step=trainer.global_step)
 
 
+def png_bytes(image: Tensor) -> bytes:
+    """One (C, H, W) uint8 image as the bytes of its PNG file: what ``write_images`` writes and the
+    service (``lit_genai.serve``) returns, so a served sample equals ``predict``'s file byte for byte."""
+    buffer = io.BytesIO()
+    save_image(image.cpu().float() / 255, buffer, format="png")
+    return buffer.getvalue()
+
+
 def write_images(folder: Path, names: Sequence[str], images: Tensor) -> list[Path]:
     """One ``<name>.png`` per (C, H, W) uint8 image of ``images`` (B, C, H, W); returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, image in zip(names, images.cpu(), strict=True):
         path = folder / f"{name}.png"
-        save_image(image.float() / 255, path)
+        path.write_bytes(png_bytes(image))
         paths.append(path)
     return paths
 
