@@ -13,6 +13,7 @@ Shape legend: N images, B batch, C channels, H/W spatial, K classes. Images are 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ def train_classifier(
     width: int = 32,
     feature_dim: int = 128,
     seed: int = 0,
+    steps: Optional[int] = None,
 ) -> DomainClassifier:
     """Train a ``DomainClassifier`` on (x, y) with Adam and a cosine LR decay; return it in eval mode.
 
@@ -57,6 +59,9 @@ def train_classifier(
         width: Channels of the network's first stage (``DomainClassifier``).
         feature_dim: Width of the network's penultimate layer.
         seed: Seed of the initialisation, shuffling and augmentation.
+        steps: Train for this many Adam steps instead of ``epochs`` passes (over fresh shuffles of
+            (x, y), the last one cut short), so that training sets of different sizes get one
+            schedule (``lit_genai.augment``). None: ``epochs * ceil(N / batch_size)``.
     """
     x, y = _as_float_images(x), y.long().to(x.device)
     n = x.shape[0]
@@ -66,12 +71,14 @@ def train_classifier(
         generator = torch.Generator().manual_seed(seed)
         net = DomainClassifier(x.shape[1], num_classes, width, feature_dim).to(x.device)
         optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-        total_steps = epochs * math.ceil(n / batch_size)
+        total_steps = epochs * math.ceil(n / batch_size) if steps is None else steps
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
         net.train()
-        for _ in range(epochs):
+        step = 0
+        while step < total_steps and n > 0:
             order = torch.randperm(n, generator=generator).to(x.device)  # (N,)
-            for index in order.split(batch_size):
+            for index in order.split(batch_size)[: total_steps - step]:
+                step += 1
                 xb = x[index]  # (B, C, H, W)
                 if max_shift > 0:
                     xb = random_shift(xb, max_shift, generator)
