@@ -37,6 +37,17 @@ def check_options(temperature: float, top_k: Optional[int], top_p: Optional[floa
         raise ConfigError(f"top_p={top_p} must be in (0, 1] (or null: no nucleus filter)")
 
 
+def check_prompt(prompt: Tensor, max_new_tokens: int) -> None:
+    """A (B, T0) prompt with T0 >= 1 and max_new_tokens >= 0, or one ``ConfigError`` line (every
+    sampling loop, eager or over an exported step, checks the same)."""
+    if prompt.dim() != 2 or prompt.shape[1] < 1:
+        raise ConfigError(
+            f"the prompt must be (B, T0) token ids with T0 >= 1, got shape {tuple(prompt.shape)}"
+        )
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
+
+
 def filter_logits(
     logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None
 ) -> Tensor:
@@ -157,12 +168,7 @@ def generate(
         (B, T0 + N) int64 token ids.
     """
     check_options(temperature, top_k, top_p)
-    if prompt.dim() != 2 or prompt.shape[1] < 1:
-        raise ConfigError(
-            f"the prompt must be (B, T0) token ids with T0 >= 1, got shape {tuple(prompt.shape)}"
-        )
-    if max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    check_prompt(prompt, max_new_tokens)
     block = int(net.block_size)
     B = prompt.shape[0]
     paradigm._per_sample(generator, B)  # one generator per row: check the count before any work

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.ar.sampling import check_options, next_token
+from lit_genai.ar.sampling import check_options, check_prompt, next_token
 from lit_genai.errors import ConfigError
 from lit_genai.nn.transformer import GPT, KVCache
 from lit_genai.nn.wavenet import WaveNet
@@ -224,12 +224,7 @@ def generate_with_step(
         (B, T0 + N) int64 token ids.
     """
     check_options(temperature, top_k, top_p)
-    if prompt.dim() != 2 or prompt.shape[1] < 1:
-        raise ConfigError(
-            f"the prompt must be (B, T0) token ids with T0 >= 1, got shape {tuple(prompt.shape)}"
-        )
-    if max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    check_prompt(prompt, max_new_tokens)
     (B, T0), total = prompt.shape, prompt.shape[1] + max_new_tokens
     if context is not None and total - 1 > context:  # the last token drawn is never fed
         raise ConfigError(
