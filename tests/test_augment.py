@@ -97,7 +97,7 @@ def test_cells_of_a_row_share_steps_and_real_images_and_are_nested():
             assert all(other == (ids, steps) for other in others)  # paired: same real images, same steps
         assert real_ids(2, 0, seed)[0] < real_ids(5, 0, seed)[0]  # nested: 2 per class within 5
     assert real_ids(5, 0, 0)[0] != real_ids(5, 0, 1)[0]  # the seed changes the draw
-    # equal steps: epochs 1 over the largest mix r * K * 3 (q = 2), batch 128 -> 1 step
+    # equal steps: epochs 1 over the largest mix r * K * 3 (q = 2) = 45 images, batch 64 -> 1 step
     assert {row["steps"] for row in rows} == {Training(epochs=1, min_steps=1).steps(5, K, 2)} == {1}
 
 
@@ -119,7 +119,7 @@ def test_real_only_cells_are_shared_between_models_and_reused():
     assert calls == [2 * K, 4 * K, 4 * K]  # b's real-only cell is a's
     again = run_sweep(_marked(REAL, 8), pools, _marked(TEST, 4), train=train, done=done, **kwargs)
     assert again == rows and len(calls) == 3  # every cell known: nothing trained
-    kwargs["training"] = Training(epochs=2)  # other epochs, the same steps (min_steps 100): the same cells
+    kwargs["training"] = Training(epochs=2)  # other epochs, the same steps (min_steps): the same cells
     assert run_sweep(_marked(REAL, 8), pools, _marked(TEST, 4), train=train, done=done, **kwargs) == rows
     assert len(calls) == 3
 
