@@ -95,6 +95,9 @@ LINKED_FROM_DATA = (
     "num_classes",
     "class_names",
     "vocabulary",
+    "text_vocabulary",
+    "attribute_names",
+    "attribute_values",
     "modality",
 )
 

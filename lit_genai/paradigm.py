@@ -168,15 +168,26 @@ def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator
 def predict_step(self: Any, batch: Tensor, batch_idx: int = 0, dataloader_idx: int = 0) -> Tensor:
     """``predict``: (B,) int64 sample indices -> B samples from ``self.sample``.
 
-    Sample i uses the generator ``seed + i`` (``self.hparams.seed``) and, for a class-conditional
-    model, the label ``i % num_classes``, so that a file named after its index can be redrawn alone.
+    Sample i uses the generator ``seed + i`` (``self.hparams.seed``), for a class-conditional
+    model the label ``i % num_classes``, and for a text-conditional one the caption
+    ``predict_prompts`` gives (the prompt i % len), so that a file named after its index can be redrawn alone.
     Assign as a method: ``predict_step = paradigm.predict_step``.
     """
     indices = batch.tolist()
     generators = sample_generators(self.hparams.get("seed", 0), indices)
     num_classes = getattr(self, "num_classes", 0)
-    cond = batch.to(self.device) % num_classes if num_classes > 0 else None
+    cond: Any = batch.to(self.device) % num_classes if num_classes > 0 else None
+    prompts = predict_prompts(self, indices)
+    if prompts is not None:  # a text-conditional model with a prompt: sample i takes prompt i % len
+        cond = {"text": prompts, **({"label": cond} if cond is not None else {})}
     return self.sample(len(indices), cond=cond, generator=generators)
+
+
+def predict_prompts(module: Any, indices: Sequence[int]) -> Optional[list[str]]:
+    """The caption ``predict`` gives sample i of a text-conditional module (its optional
+    ``prompts(indices)``: the sampling settings' prompt, cycled), or None."""
+    prompts = getattr(module, "prompts", None)
+    return prompts(indices) if callable(prompts) else None
 
 
 # ---------------------------------------------------------------------- helpers for sample()

@@ -21,13 +21,13 @@ import pickle
 import re
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule
-from torch import nn
+from torch import Tensor, nn
 
 from lit_genai import paradigm
 from lit_genai.errors import ConfigError
@@ -195,3 +195,72 @@ def load_pretrained(path: str, cls: type[M], key: str) -> M:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+# ---------------------------------------------------------------------- a pre-trained text encoder
+
+
+class PretrainedTextEncoder(nn.Module):
+    """The text encoder of a text-to-image checkpoint, frozen: pre-trained once, then reused.
+
+    Give it as a network's ``text_encoder`` (``class_path: lit_genai.pretrained.PretrainedTextEncoder``,
+    ``init_args: {checkpoint: runs/<run>/checkpoints/last.ckpt}``): the encoder is rebuilt from the
+    checkpoint's ``net.init_args.text_encoder`` config (``torch.load(weights_only=True)``), with the
+    EMA average of its weights when the checkpoint has one (``ema``), and tokenizes as that model
+    did: the ``text_vocabulary`` in its hyperparameters, or bytes. It keeps the text-encoder
+    interface (``nn.text_encoder``): ``width``, ``max_length``, ``vocab_size``, ``frozen = True`` (no
+    gradient, always in eval mode, never optimised), ``tokenize``, ``forward(ids, mask)``.
+
+    Args:
+        checkpoint: A checkpoint of a module whose network has a ``text_encoder``.
+        ema: Use the EMA average of the encoder's weights when the checkpoint holds one.
+    """
+
+    frozen = True
+
+    def __init__(self, checkpoint: str, ema: bool = True) -> None:
+        super().__init__()
+        from lit_genai.text_condition import CaptionTokenizer  # above nn/: imported where it is used
+
+        where = f"text_encoder.checkpoint={checkpoint}"
+        self.checkpoint, self.ema = checkpoint, ema
+        ckpt = read_checkpoint(checkpoint, where, "train a text-to-image model with lit-genai fit first")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        net = hparams.get("net")
+        config = (net.get("init_args") or {}).get("text_encoder") if isinstance(net, Mapping) else None
+        if not isinstance(config, Mapping) or "class_path" not in config:
+            raise ConfigError(f"{where}: its network has no text_encoder (class_path + init_args) to reuse")
+        encoder_cls = _network_class(str(config["class_path"]), where)
+        try:
+            encoder = encoder_cls(**{**dict(config.get("init_args") or {}), "frozen": True})
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}: cannot rebuild its text_encoder ({_first_line(error)})") from None
+        prefix = "net.text_encoder."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        shadow = (ckpt.get("callbacks") or {}).get("EMA", {}).get("shadow") if ema else None
+        if shadow:  # keyed like the averaged network's state dict: "text_encoder.<name>"
+            state.update(
+                {k[len("text_encoder.") :]: v for k, v in shadow.items() if k.startswith("text_encoder.")}
+            )
+        try:
+            encoder.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"{where}: its text encoder's weights do not fit ({_first_line(error)})"
+            ) from None
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.width, self.max_length = int(encoder.width), int(encoder.max_length)
+        self.vocab_size = int(encoder.vocab_size)
+        self._tokenizer = CaptionTokenizer(hparams.get("text_vocabulary"), self.max_length)
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        return super().train(False)  # frozen: always in eval mode
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Captions -> ids (B, L), mask (B, L), with the vocabulary the encoder was trained on."""
+        return self._tokenizer(texts)
+
+    def forward(self, ids: Tensor, mask: Optional[Tensor] = None) -> Any:
+        """ids, mask (B, L) -> ``TextContext`` (no gradient)."""
+        with torch.no_grad():
+            return self.encoder(ids, mask)

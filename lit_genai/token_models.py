@@ -85,9 +85,10 @@ def decay_parameter_names(net: nn.Module) -> tuple[list[str], list[str]]:
 def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: ``decay_parameter_names`` with ``weight_decay``, the rest with 0.
 
+    Parameters without gradient (a frozen text encoder's) are in neither: they are not optimised.
     Each group also carries its parameter ``names`` (kept by torch optimisers, plain strings)."""
-    params = {clean_name(n): p for n, p in net.named_parameters()}
-    decay, no_decay = decay_parameter_names(net)
+    params = {clean_name(n): p for n, p in net.named_parameters() if p.requires_grad}
+    decay, no_decay = ([n for n in names if n in params] for names in decay_parameter_names(net))
     groups = [
         {"params": [params[n] for n in decay], "weight_decay": weight_decay, "names": decay},
         {"params": [params[n] for n in no_decay], "weight_decay": 0.0, "names": no_decay},

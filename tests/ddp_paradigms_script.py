@@ -70,6 +70,21 @@ def _images(shape: tuple[int, int, int], binary: bool = False) -> Batch:
     return make
 
 
+def _captioned(shape: tuple[int, int, int], length: int, words: int) -> Batch:
+    """(x (N, C, H, W), y (N,), captions as token ids (N, length) in [0, words]: 0 pads)."""
+    images = _images(shape)
+    return lambda n, g: (*images(n, g), torch.randint(0, words + 1, (n, length), generator=g))
+
+
+def _captioned_tokens(length: int, vocab: int, caption: int, words: int) -> Batch:
+    """(tokens (N, T) in [0, vocab), labels (N,), captions as token ids (N, caption) in [0, words])."""
+    return lambda n, g: (
+        torch.randint(0, vocab, (n, length), generator=g),
+        torch.randint(0, K, (n,), generator=g),
+        torch.randint(0, words + 1, (n, caption), generator=g),
+    )
+
+
 def _sequences(length: int, vocab: int) -> Batch:
     """A token-sequence batch: (tokens (N, T) in [0, vocab), labels (N,) in [0, K))."""
     return lambda n, g: (
@@ -93,6 +108,7 @@ def _text(block: int, vocab: int, labelled: bool) -> Batch:
 BATCHES: dict[str, Batch] = {
     "diffusion-unet": _images((1, 8, 8)),
     "diffusion-dit": _images((1, 8, 8)),
+    "text2image-diffusion-unet": _captioned((1, 8, 8), 4, 5),
     "latent-diffusion-unet": _images((1, 28, 28)),
     "latent-diffusion-dit": _images((1, 28, 28)),
     "edm-unet": _images((1, 8, 8)),
@@ -104,6 +120,7 @@ BATCHES: dict[str, Batch] = {
     "pixelcnn-pixels": _sequences(16, 2),  # 1x4x4 binary pixels
     "wavenet-audio": _sequences(33, 256),  # block_size 32 + the target
     "maskgit-image-tokens": _sequences(4, 8),  # 2x2 tokens of an 8-code tokenizer
+    "text2image-maskgit": _captioned_tokens(4, 8, 4, 5),  # the same tokens with captions (word ids)
     "masked-text": _text(12, 10, labelled=False),
     "kl-autoencoder": _images((1, 8, 8)),
     "vqvae": _images((1, 8, 8)),
@@ -121,6 +138,7 @@ NOT_EXACT = {
     "gan-dcgan": _BATCH_NORM + " (both networks)",
     "gan-resnet": _BATCH_NORM + " (the generator)",
     "maskgit-image-tokens": _MASKED_MEAN,
+    "text2image-maskgit": _MASKED_MEAN,
     "masked-text": _MASKED_MEAN,
 }
 # Rows whose parameters move apart from one process's after the first step although its gradients

@@ -73,7 +73,16 @@ SHAKESPEARE_ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 def stand_in_tokenizer(tmp_path_factory) -> Path:
     """A VQ-VAE checkpoint of experiments/vae/vqvae_mnist.yaml's token shape (256 codes, 7 x 7 ids
     per digit) with tiny networks, fitted 2 steps: token experiments instantiate without the real one."""
-    folder = tmp_path_factory.mktemp("tokenizer")
+    return _stand_in_tokenizer(tmp_path_factory.mktemp("tokenizer"), "vqvae_mnist.yaml")
+
+
+@pytest.fixture(scope="module")
+def stand_in_shapes_tokenizer(tmp_path_factory) -> Path:
+    """The same for experiments/vae/vqvae_shapes.yaml (3 x 32 x 32 pictures, 8 x 8 ids)."""
+    return _stand_in_tokenizer(tmp_path_factory.mktemp("shapes_tokenizer"), "vqvae_shapes.yaml")
+
+
+def _stand_in_tokenizer(folder: Path, experiment: str) -> Path:
     net = {"base_channels": 8, "num_res_blocks": 1, "latent_channels": 4, "num_groups": 4}
     tiny = {
         "model": {
@@ -86,7 +95,7 @@ def stand_in_tokenizer(tmp_path_factory) -> Path:
         "trainer": {**TINY_CLI_TRAINER, "max_steps": 2, "default_root_dir": str(folder)},
     }
     (folder / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    config = str(ROOT / "experiments" / "vae" / "vqvae_mnist.yaml")
+    config = str(ROOT / "experiments" / "vae" / experiment)
     assert _run(["fit", "--config", config, "--config", str(folder / "tiny.yaml")]) == 0
     return folder / "checkpoints" / "last.ckpt"
 
@@ -128,7 +137,9 @@ def test_every_experiment_instantiates(path, tmp_path, request):
             soundfile.write(tmp_path / "speech" / f"clip{i}.wav", wave, 16000)
         args += ["--data.init_args.root", str(tmp_path / "speech")]
     if "lit_genai.data.tokens.ImageTokens" in text:  # the tokenizer is another experiment's output
-        args += ["--data.init_args.tokenizer", str(request.getfixturevalue("stand_in_tokenizer"))]
+        shapes = "lit_genai.data.CaptionedShapes" in text
+        tokenizer = request.getfixturevalue("stand_in_shapes_tokenizer" if shapes else "stand_in_tokenizer")
+        args += ["--data.init_args.tokenizer", str(tokenizer)]
     config = yaml.safe_load(text)
     if (config.get("model") or {}).get("init_args", {}).get("autoencoder"):  # another experiment's output
         args += ["--model.init_args.autoencoder", str(_stand_in_autoencoder(tmp_path, config))]

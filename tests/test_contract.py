@@ -42,6 +42,7 @@ from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from lit_genai.nn.dit import DiT
 from lit_genai.nn.pixelcnn import GatedPixelCNN
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
+from lit_genai.nn.text_encoder import TextEncoder
 from lit_genai.nn.transformer import GPT
 from lit_genai.nn.vae import MLPDecoder, MLPEncoder
 from lit_genai.nn.vq import VectorQuantizer
@@ -52,6 +53,8 @@ from lit_genai.vae.autoencoder import KLAutoencoder
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 K = 3  # classes of the conditional rows
 TEXT = list("abcdefghij")  # the toy vocabulary of the text rows (V = 10)
+WORDS = ["a", "red", "blue", "circle", "square"]  # the caption words of the text-to-image rows
+CAPTIONS = ["a red circle", "blue square", "a blue circle"]
 
 
 class Decoding(L.LightningDataModule):
@@ -120,6 +123,25 @@ def _gpt(vocab: int, block: int, causal: bool = True, classes: int = 0) -> GPT:
     )
 
 
+def _caption_encoder() -> TextEncoder:
+    return TextEncoder(vocab_size=len(WORDS) + 1, max_length=4, n_layer=1, n_head=2, n_embd=8)
+
+
+def _text_unet() -> UNet:
+    return UNet(
+        in_channels=1,
+        base_channels=8,
+        channel_mult=(1,),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        num_groups=4,
+        text_encoder=_caption_encoder(),
+        cross_attention_levels=(0,),
+        cross_attention_heads=2,
+    )
+
+
 def _diffusion(net, **kwargs) -> Diffusion:
     options = dict(sample_shape=(1, 8, 8), num_classes=K, num_timesteps=30, beta_schedule="cosine")
     return Diffusion(net, **{**options, **kwargs}, sampling=DiffusionSampling(steps=3, guidance_scale=1.0))
@@ -135,6 +157,20 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
     "diffusion-dit": (
         ("Diffusion", ("DiT",), False),
         lambda ae: (_diffusion(_dit()), Decoding(_images)),
+    ),
+    "text2image-diffusion-unet": (
+        ("Diffusion", ("TextEncoder", "UNet"), False),
+        lambda ae: (
+            Diffusion(
+                _text_unet(),
+                sample_shape=(1, 8, 8),
+                num_timesteps=30,
+                beta_schedule="cosine",
+                text_vocabulary=WORDS,
+                sampling=DiffusionSampling(steps=3, guidance_scale=1.0, prompt=CAPTIONS[:2]),
+            ),
+            Decoding(_images),
+        ),
     ),
     "latent-diffusion-unet": (
         ("Diffusion", ("UNet",), True),
@@ -285,6 +321,28 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
             Decoding(_pixels((1, 2, 2), 8)),
         ),
     ),
+    "text2image-maskgit": (
+        ("MaskedTokens", ("GPT", "TextEncoder"), False),
+        lambda ae: (
+            MaskedTokens(
+                GPT(
+                    vocab_size=9,
+                    block_size=4,
+                    n_layer=1,
+                    n_head=2,
+                    n_embd=16,
+                    causal=False,
+                    text_encoder=_caption_encoder(),
+                ),
+                vocab_size=8,
+                block_size=4,
+                modality="image",
+                text_vocabulary=WORDS,
+                sampling=MaskedSampling(steps=2, guidance=1.0, caption=CAPTIONS[:2]),
+            ),
+            Decoding(_pixels((1, 2, 2), 8)),
+        ),
+    ),
     "masked-text": (
         ("MaskedTokens", ("GPT",), False),
         lambda ae: (
@@ -347,8 +405,26 @@ def _seeds(indices) -> list[torch.Generator]:
 
 
 def _labels(module: Any, n: int) -> dict[str, Any]:
-    """``cond`` for n samples: labels cycling over the classes of a conditional module, else none."""
-    return {"cond": torch.arange(n) % module.num_classes} if module.num_classes > 0 else {}
+    """``cond`` for n samples: labels cycling over the classes of a conditional module, captions
+    cycling over ``CAPTIONS`` for a text-conditional one, else none."""
+    cond: dict[str, Any] = {}
+    if module.num_classes > 0:
+        cond["label"] = torch.arange(n) % module.num_classes
+    if "text" in module.conditions:
+        cond["text"] = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+    if list(cond) == ["label"]:
+        return {"cond": cond["label"]}  # the bare tensor, as code written for labels passes it
+    return {"cond": cond} if cond else {}
+
+
+def _row(cond: dict[str, Any], i: int) -> dict[str, Any]:
+    """The ``cond`` of ``_labels`` for sample i alone."""
+    if not cond:
+        return {}
+    value = cond["cond"]
+    if isinstance(value, Tensor):
+        return {"cond": value[i : i + 1]}
+    return {"cond": {name: v[i : i + 1] for name, v in value.items()}}
 
 
 def _same(a: Tensor, b: Tensor) -> None:
@@ -367,7 +443,7 @@ def test_keeps_the_protocol(case):
     assert paradigm.is_generative(module)
     assert isinstance(module.sampling, paradigm.SamplingSettings)
     assert dataclasses.is_dataclass(module.sampling)
-    assert set(module.conditions) <= {"label", "mels"}
+    assert set(module.conditions) <= {"label", "mels", "text"}
     assert ("label" in module.conditions) == (module.num_classes > 0)
     assert "sampling" not in module.hparams  # the command line's settings are never overridden
 
@@ -396,8 +472,7 @@ def test_a_batch_equals_the_same_samples_drawn_one_by_one(case):
     cond = _labels(module, n)
     batch = module.sample(n, generator=_seeds(range(n)), **cond)
     for i in range(n):
-        one = {"cond": cond["cond"][i : i + 1]} if cond else {}
-        _same(module.sample(1, generator=_seeds([i]), **one), batch[i : i + 1])
+        _same(module.sample(1, generator=_seeds([i]), **_row(cond, i)), batch[i : i + 1])
 
 
 def test_sampling_settings_round_trip_through_the_evaluation_protocol(case):
@@ -422,6 +497,10 @@ def test_predict_writes_files_through_the_mediums_route(case, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     for i in range(data.n):
         assert f"sample_{i:05d}{suffix}" in names
+    prompts = paradigm.predict_prompts(module, range(data.n))
+    if prompts is not None:  # a text-conditional model says which caption made which file
+        lines = (tmp_path / "prompts.txt").read_text().splitlines()
+        assert lines == [f"sample_{i:05d}{suffix}\t{p}" for i, p in enumerate(prompts)]
 
 
 def test_ema_target_names_a_submodule(case):
@@ -452,11 +531,16 @@ def test_conditions_are_compared_with_the_data(case):
     module, _ = case
 
     class Data(L.LightningDataModule):
-        def __init__(self, num_classes: int) -> None:
+        def __init__(self, num_classes: int, text: bool = False) -> None:
             super().__init__()
             self.num_classes = num_classes
+            if text:
+                self.conditions = ("label", "text") if num_classes else ("text",)
 
-    check_conditions(module, Data(module.num_classes))  # what the data provides: fine
+    check_conditions(module, Data(module.num_classes, "text" in module.conditions))  # fine
+    if "text" in module.conditions:
+        with pytest.raises(ConfigError, match="conditioned on text but the data .* provides"):
+            check_conditions(module, Data(module.num_classes))
     if module.num_classes > 0:
         with pytest.raises(ConfigError, match="conditioned on label but the data .* provides none"):
             check_conditions(module, Data(0))
@@ -492,15 +576,19 @@ def _combination(path: Path) -> tuple[str, tuple[str, ...], bool]:
     config = yaml.safe_load(path.read_text())
     model = config["model"]
     init_args = model.get("init_args", {})
-    nets = tuple(
-        sorted(
-            value["class_path"].rsplit(".", 1)[-1]
-            for key, value in init_args.items()
-            if isinstance(value, dict)
-            and "class_path" in value
-            and not key.startswith(("optimizer", "lr_scheduler"))
-        )
-    )
+    networks = [
+        value
+        for key, value in init_args.items()
+        if isinstance(value, dict)
+        and "class_path" in value
+        and not key.startswith(("optimizer", "lr_scheduler"))
+    ]
+    encoders = [  # a network's text encoder makes another combination (a text-to-image model)
+        net["init_args"]["text_encoder"]
+        for net in networks
+        if isinstance(net.get("init_args", {}).get("text_encoder"), dict)
+    ]
+    nets = tuple(sorted(value["class_path"].rsplit(".", 1)[-1] for value in networks + encoders))
     return model["class_path"].rsplit(".", 1)[-1], nets, bool(init_args.get("autoencoder"))
 
 
@@ -509,7 +597,7 @@ def test_every_experiment_has_a_row():
     missing = {}
     for path in sorted(EXPERIMENTS.glob("*/*.yaml")):
         key = _combination(path)
-        if key[0] == "Classifier":  # the evaluation extractor: not a generative model or autoencoder
+        if key[0] in ("Classifier", "AttributeTraining"):  # evaluation extractors, not generative models
             continue
         if key not in rows:
             missing[path.name] = key

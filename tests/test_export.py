@@ -62,6 +62,7 @@ CASES = {
     "diffusion-unet": (_row("diffusion-unet"), False),
     "diffusion-unet-unconditional": (lambda: _diffusion(_unet(classes=0), num_classes=0), False),
     "diffusion-dit": (_row("diffusion-dit"), False),
+    "text2image-diffusion-unet": (_row("text2image-diffusion-unet"), False),  # caption ids in, encoder inside
     "edm-unet": (_row("edm-unet"), False),  # float times
     "flow-unet": (_row("flow-unet"), False),
     "gan-dcgan": (_row("gan-dcgan"), True),
@@ -128,6 +129,22 @@ def test_the_exported_program_equals_eager_at_two_batch_sizes(exported):
                 _close(loaded(*inputs), expected)
             assert expected.abs().max() > 1e-3  # the weights are random, the output not trivial
             assert list(expected.shape[1:]) == info["programs"][program.name]["outputs"][0]["shape"][1:]
+
+
+def test_a_text_denoiser_takes_caption_ids_and_runs_its_encoder_inside(tmp_path):
+    module = _build("text2image-diffusion-unet")
+    (program,) = programs(module)
+    assert [spec.name for spec in program.inputs] == ["x", "t", "ids"]
+    x, t, ids = program.example_inputs(3, seed=0)
+    ids[0] = 0  # the empty caption: the null condition of guidance
+    with torch.no_grad():
+        context = module.net.text_encoder(ids, ids != 0)
+        torch.testing.assert_close(program.network(x, t, ids), module.net(x, t, context=context))
+    export(module, "torch_export", tmp_path)
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert (
+        info["text"]["vocabulary"] == module.hparams.text_vocabulary and info["text"]["tokenizer"] == "words"
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.startswith(("gan", "vae", "kl", "vq"))])

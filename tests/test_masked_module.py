@@ -105,6 +105,7 @@ def test_sampling_settings_stay_out_of_the_hyperparameters():
         "guidance": 0.0,
         "prompt": None,
         "hole": "_",
+        "caption": None,
     }
     assert isinstance(model, paradigm.GenerativeModule) and paradigm.is_generative(model)
     assert (model.modality, model.ema_target, model.num_classes, model.mask_id) == ("image", "net", 0, V)

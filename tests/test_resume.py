@@ -51,7 +51,15 @@ def _rows() -> dict[str, Any]:
 
 ROWS = _rows()
 # Rows of the default suite (one per kind of module and of batch); the rest run with -m slow.
-FAST = {"diffusion-unet", "gan-dcgan", "vae-mlp", "gpt-text", "maskgit-image-tokens", "vqvae"}
+FAST = {
+    "diffusion-unet",
+    "gan-dcgan",
+    "vae-mlp",
+    "gpt-text",
+    "maskgit-image-tokens",
+    "vqvae",
+    "text2image-diffusion-unet",
+}
 
 
 def _examples(name: str, module: Any) -> tuple[Tensor, ...]:
@@ -67,12 +75,18 @@ def _examples(name: str, module: Any) -> tuple[Tensor, ...]:
         "wavenet-audio": (256, 33),
         "maskgit-image-tokens": (8, 4),
         "masked-text": (10, 12),
+        "text2image-maskgit": (8, 4),
     }
     if name in tokens:
         vocab, length = tokens[name]
-        return torch.randint(0, vocab, (n, length), generator=g), labels
+        sequences = torch.randint(0, vocab, (n, length), generator=g)
+        if "text" in getattr(module, "conditions", ()):  # captions as token ids (n, L): 0 pads
+            return sequences, labels, torch.randint(0, 6, (n, 4), generator=g)
+        return sequences, labels
     shape = tuple(module.hparams.get("sample_shape") or (1, 8, 8))
     images = torch.rand((n, *shape), generator=g) * 2 - 1  # in [-1, 1]
+    if "text" in getattr(module, "conditions", ()):  # captions as token ids (n, L): 0 pads
+        return images, labels, torch.randint(0, 6, (n, 4), generator=g)
     return (images.sign() if name == "vae" else images), labels  # "vae": Bernoulli pixels, binary
 
 

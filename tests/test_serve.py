@@ -229,7 +229,16 @@ def test_a_default_beyond_a_limit_stops_the_command(runs, capsys):
     assert "sampling.steps is 3" in err and "--max_steps" in err and "\n" not in err
 
 
-@pytest.fixture(params=["diffusion-unet", "gan-dcgan", "gpt-text", "wavenet-audio", "maskgit-image-tokens"])
+@pytest.fixture(
+    params=[
+        "diffusion-unet",
+        "gan-dcgan",
+        "gpt-text",
+        "wavenet-audio",
+        "maskgit-image-tokens",
+        "text2image-diffusion-unet",
+    ]
+)
 def contract_row(request):
     from test_contract import GENERATIVE
 
@@ -264,3 +273,36 @@ def test_every_paradigm_is_described_and_drawn_through_the_contract(contract_row
             assert (shared.int() - single.int()).abs().max() <= 1
         else:
             assert samples_json(shared) == samples_json(single)
+
+
+def test_captions_are_a_requests_text_condition():
+    """A text-to-image model takes ``text`` (one caption or one per sample) or its ``prompt``
+    option; the same caption as a condition or as the prompt gives the same images."""
+    from test_contract import GENERATIVE
+
+    from lit_genai.serve.catalog import describe
+    from lit_genai.serve.draw import draw
+    from lit_genai.serve.requests import Limits, RequestError, parse_request
+
+    torch.manual_seed(0)
+    module, data = GENERATIVE["text2image-diffusion-unet"][1](None)
+    module.media_decoder = data.decode
+    with torch.no_grad():  # off the zero initialisation of cross-attention, so captions matter
+        for p in module.net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    catalog = {"m": describe("m", module)}
+    assert catalog["m"].conditions == ("text",)
+    by_text = parse_request({"n": 2, "text": "a red circle"}, catalog, Limits())
+    by_prompt = parse_request({"n": 2, "prompt": "a red circle"}, catalog, Limits())
+    per_sample = parse_request({"n": 2, "text": ["a red circle", "blue square"]}, catalog, Limits())
+    a, b, c = (draw(module, [job], max_samples=4)[0] for job in (by_text, by_prompt, per_sample))
+    assert torch.equal(a, b) and torch.equal(a[:1], c[:1]) and not torch.equal(a[1:], c[1:])
+    for body, words in (
+        ({"n": 3, "text": ["a", "b"]}, "2 captions for 3 samples"),
+        ({"text": 3}, "a caption"),
+    ):
+        with pytest.raises(RequestError, match=words):
+            parse_request(body, catalog, Limits())
+    unconditional = {"u": describe("u", GENERATIVE["diffusion-unet"][1](None)[0])}
+    with pytest.raises(RequestError, match="not text-conditional"):
+        parse_request({"model": "u", "text": "a red circle"}, unconditional, Limits())

@@ -98,17 +98,27 @@ def join(parts: Sequence[Media]) -> Media:
 
 def resolve_cond(module: Any, cond: Any, indices: Sequence[int]) -> Any:
     """``cond`` for ``module.sample``: labels as an (n,) int64 tensor, names looked up in
-    ``module.class_names``; None -> ``i % num_classes`` for a class-conditional model."""
+    ``module.class_names``; None -> ``i % num_classes`` for a class-conditional model; a
+    text-conditional model without a ``text`` condition takes its prompt i % len, as ``predict``."""
     num_classes = int(getattr(module, "num_classes", 0) or 0)
     n = len(indices)
+    prompts = paradigm.predict_prompts(module, indices)  # a text model's prompt i % len, as predict
     if cond is None:
-        return torch.tensor([i % num_classes for i in indices]) if num_classes > 0 else None
+        cond = torch.tensor([i % num_classes for i in indices]) if num_classes > 0 else None
+        if prompts is None:
+            return cond
+        return {"text": prompts, **({"label": cond} if cond is not None else {})}
     if isinstance(cond, Mapping):
         resolved = dict(cond)
         if "label" in resolved:
             resolved["label"] = labels(module, resolved["label"], n)
+        if isinstance(resolved.get("text"), str):  # one caption for every sample
+            resolved["text"] = [resolved["text"]] * n
+        if "text" not in resolved and prompts is not None:
+            resolved["text"] = prompts
         return resolved
-    return labels(module, cond, n)
+    resolved_labels = labels(module, cond, n)
+    return resolved_labels if prompts is None else {"label": resolved_labels, "text": prompts}
 
 
 def labels(module: Any, value: Any, n: int) -> Tensor:

@@ -7,6 +7,15 @@ cached features of real images, with the extractor's name in every key (``val/fi
 class-conditional model whose classes the extractor's classifier knows, it also reports
 ``<stage>/cond_acc_<extractor>``: the share of samples classified as the class they were drawn for.
 
+A text-conditioned model (``"text"`` in its ``conditions``) on captioned data draws sample i with the
+caption of item i of the evaluation split (``val`` during fit, ``test`` at ``lit-genai test``) and is
+compared with the real images of that split. With an attribute classifier as the extractor
+(``lit_genai.metrics.features.AttributeFeatures``) and data with ``attribute_names``, it also reports
+the attribute accuracy (``lit_genai.metrics.attribute_accuracy``): ``<stage>/attr_acc_<extractor>``
+and ``<stage>/attr_acc_<extractor>_<attribute>`` over those captions, and
+``<stage>/attr_acc_heldout_<extractor>[_<attribute>]`` over captions of the data's ``held_out_set``
+(attribute combinations never trained on).
+
 It reads the module only through the generative-module contract (``lit_genai.paradigm``,
 docs/architecture.md): ``is_generative`` and ``modality`` (image modules are evaluated, others are
 skipped for now), ``sample``, ``num_classes`` and ``sampling_settings(**sampling)`` for the protocol,
@@ -28,7 +37,7 @@ checkpoint (``checkpoints/last.ckpt`` -> ``checkpoints/last.test.json``) with th
 samples, which reference split, which extractor, which sampler settings (FID moves with each of
 them).
 
-Shape legend: B batch, C/H/W image, N images, K classes.
+Shape legend: B batch, C/H/W image, N images, K classes, A attributes.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -51,6 +60,7 @@ from tqdm.auto import tqdm
 from lit_genai import paradigm, sharding
 from lit_genai.callbacks.samples import run_dir
 from lit_genai.media import to_uint8
+from lit_genai.metrics.attribute_accuracy import AttributeScores, has_captions, split_items
 from lit_genai.metrics.cache import real_features
 from lit_genai.metrics.classifier.cas import accuracy, train_classifier
 from lit_genai.metrics.features import get_extractor
@@ -66,17 +76,25 @@ class Evaluation(Callback):
         at_test: Evaluate at ``lit-genai test``.
         num_samples: Generated images (in total over all ranks). FID falls as N grows: papers use
             50,000; compare numbers only at the same N. Their labels (class-conditional models)
-            cycle through the classes over the global sample index.
+            cycle through the classes over the global sample index; their captions (text-conditioned
+            models) are those of items 0, 1, ... of the evaluation split, cycling when it is smaller.
+            The held-out attribute accuracy draws min(num_samples, len(held_out_set)) more.
         extractor: ``"inception"`` (needs the TF-Inception weights file), ``"mnist"`` (shipped domain
-            classifier), or a classifier checkpoint path. Default: the data module's
-            ``feature_extractor`` attribute (``mnist`` for MNIST, ``inception`` for CIFAR-10).
+            classifier), or a classifier checkpoint path (a domain ``Classifier``'s, or an
+            ``AttributeTraining`` checkpoint: then the attribute accuracy of text-conditioned models
+            too). Default: the data module's ``feature_extractor`` attribute (``mnist`` for MNIST,
+            ``inception`` for CIFAR-10).
         weights_path: Weights file of the extractor (the Inception ``.pth``), if not in the hub cache.
-        reference_split: Real images the statistics are taken from (DDPM: ``train``).
+        reference_split: Real images the statistics are taken from (DDPM: ``train``). Default
+            (None): ``train``, but for a text-conditioned model on captioned data the evaluation
+            split (``val`` during fit, ``test`` at test), whose captions the samples are drawn for.
         num_real: Real images in the reference statistics (all, if the split is smaller; the protocol
             records the number used).
-        metrics: Which of ``fid``, ``kid``, ``is`` (needs class logits), ``pr``. The conditioning
-            accuracy ``cond_acc`` comes on top, for every class-conditional model whose number of
-            classes the extractor's classifier has.
+        metrics: Which of ``fid``, ``kid``, ``is`` (needs class logits; dropped for an attribute
+            classifier, which has none), ``pr``. The conditioning accuracy ``cond_acc`` comes on top,
+            for every class-conditional model whose number of classes the extractor's classifier
+            has, and the attribute accuracy ``attr_acc`` for a text-conditioned one with an
+            attribute classifier.
         batch_size: Images generated per ``sample()`` call.
         seed: Base seed of the generated images: sample i uses the generator seed + i on any rank.
         cache_dir: Folder of cached real features (default ``$LIT_GENAI_CACHE`` or ``~/.cache/lit_genai``).
@@ -98,7 +116,7 @@ class Evaluation(Callback):
         num_samples: int = 1000,
         extractor: Optional[str] = None,
         weights_path: Optional[str] = None,
-        reference_split: Literal["train", "val", "test"] = "train",
+        reference_split: Optional[Literal["train", "val", "test"]] = None,
         num_real: int = 10000,
         metrics: Sequence[MetricName] = METRICS,
         batch_size: int = 250,
@@ -175,56 +193,72 @@ class Evaluation(Callback):
             return {}
         num_classes = int(pl_module.num_classes)
         quality = self._metrics(name, num_classes, pl_module.device)
+        # A text-conditioned model on captioned data draws the captions of the evaluation split and is
+        # compared with that split's images (the model is asked for what those images show).
+        captioned = (
+            self._dataset(datamodule, stage) if "text" in getattr(pl_module, "conditions", ()) else None
+        )
+        captioned = captioned if has_captions(captioned) else None
+        split = self.reference_split or (stage if captioned is not None else "train")
+        attributes = self._attribute_names(quality, datamodule) if captioned is not None else None
 
         # Real statistics: rank 0 fills the cache first, the others then read it.
-        reference = self._reference_loader(datamodule)
+        reference = self._reference_loader(datamodule, split)
         dataset = type(datamodule).__name__
         key = self._data_key(datamodule)
         features = None
         if trainer.is_global_zero:
-            features = self._real_features(reference, quality, dataset, key)
+            features = self._real_features(reference, quality, dataset, key, split)
         trainer.strategy.barrier("lit_genai_real_features")
         if features is None:
-            features = self._real_features(reference, quality, dataset, key)
+            features = self._real_features(reference, quality, dataset, key, split)
         quality.set_real_features(features)
 
-        # This rank's share of the global sample indices [0, num_samples); sample i is drawn from the
-        # generator seed + i (as in predict), so the numbers do not depend on world or batch size.
-        rank, world = trainer.global_rank, trainer.world_size
-        per_rank = math.ceil(self.num_samples / world)
-        first, last = min(rank * per_rank, self.num_samples), min((rank + 1) * per_rank, self.num_samples)
-        batches = range(first, last, self.batch_size)
         kept: list[tuple[Tensor, Tensor]] = []  # (uint8 images, labels) for CAS
-        for start in tqdm(batches, desc=f"Evaluation ({name})", disable=rank != 0, leave=False):
-            n = min(self.batch_size, last - start)
-            generator = paradigm.sample_generators(self.seed, range(start, start + n))
-            cond = None
+        seen = AttributeScores(attributes, f"attr_acc_{quality.extractor.name}") if attributes else None
+
+        def condition(start: int, n: int) -> tuple[Any, Optional[Tensor]]:
+            """The condition of global samples [start, start + n), and the attributes they ask (n, A)."""
+            if captioned is not None:
+                captions, asked = split_items(captioned, range(start, start + n), attributes is not None)
+                return {"text": captions}, asked
             if num_classes > 0:  # balanced classes over the global sample index
-                cond = torch.arange(start, start + n, device=pl_module.device) % num_classes  # (n,)
-            draw = functools.partial(pl_module.sample, n, cond=cond, generator=generator, **self.sampling)
-            samples = sharding.forward_outside_step(trainer, pl_module, draw)
-            images = to_uint8(samples) if samples.is_floating_point() else token_data.decode(samples)
-            quality.update_fake(images, labels=cond if quality.conditional else None)  # (n, C, H, W)
-            if self.cas and cond is not None:
-                kept.append((images.cpu(), cond.cpu()))
-        if sharding.sharded_strategy(trainer) is not None:
-            # Each sample() call gathers the sharded parameters from every rank, so a rank with fewer
-            # batches (the last ones hold the remainder) joins the others' extra calls, discarding them.
-            calls = math.ceil(min(per_rank, self.num_samples) / self.batch_size)  # rank 0's, the most
-            one = paradigm.sample_generators(self.seed, [0])  # the same settings: the same passes
-            extra = functools.partial(pl_module.sample, 1, generator=one, **self.sampling)
-            for _ in range(calls - len(batches)):
-                sharding.forward_outside_step(trainer, pl_module, extra)
+                return torch.arange(start, start + n, device=pl_module.device) % num_classes, None  # (n,)
+            return None, None
+
+        def consume(images: Tensor, cond: Any, asked: Optional[Tensor]) -> None:
+            labels = cond if isinstance(cond, Tensor) else None
+            quality.update_fake(images, labels=labels if quality.conditional else None)  # (n, C, H, W)
+            if seen is not None:
+                seen.update(quality.extractor.attribute_logits(images.to(quality.device)), asked)
+            if self.cas and labels is not None:
+                kept.append((images.cpu(), labels.cpu()))
+
+        self._generate(trainer, pl_module, self.num_samples, condition, consume, f"Evaluation ({name})")
         results = quality.compute()  # collective: gathers every rank's features
         quality.reset_fake()
         if self.cas and num_classes > 0:
             results.update(self._classification_accuracy_score(trainer, pl_module, kept, num_classes))
 
         protocol = quality.protocol(
-            reference=f"{dataset}/{self.reference_split}",
+            reference=f"{dataset}/{split}",
             sampler=self._sampler_settings(trainer, pl_module),
             num_real_requested=self.num_real,
         ).as_dict()
+        if captioned is not None:
+            protocol["captions"] = {
+                "split": stage,
+                "num_samples": self.num_samples,
+                "split_size": len(captioned),
+            }
+        if seen is not None:
+            results.update(seen.compute(pl_module.device))  # collective
+            protocol["attributes"] = {
+                "extractor": quality.extractor.name,
+                "names": list(attributes),
+                "seen": {"split": stage, "num_samples": seen.num_scored},
+                **self._held_out_accuracy(trainer, pl_module, datamodule, quality, attributes, results),
+            }
         self.last_results, self.last_protocol = results, protocol
         for metric, value in results.items():
             # the same value on every rank: the max over ranks keeps it exactly, and sync_dist keeps
@@ -237,6 +271,95 @@ class Evaluation(Callback):
         return results
 
     # ------------------------------------------------------------------ helpers
+    def _generate(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        total: int,
+        condition: Callable[[int, int], tuple[Any, Optional[Tensor]]],
+        consume: Callable[[Tensor, Any, Optional[Tensor]], None],
+        desc: str,
+    ) -> None:
+        """Draw this rank's share of the global samples [0, total) in batches and hand each batch to
+        ``consume(uint8 images (n, C, H, W), cond, asked)``; ``condition(start, n)`` gives a batch's
+        ``cond`` and the attributes it asks."""
+        # Sample i is drawn from the generator seed + i (as in predict), so the numbers do not depend on
+        # world or batch size.
+        rank, world = trainer.global_rank, trainer.world_size
+        per_rank = math.ceil(total / world)
+        first, last = min(rank * per_rank, total), min((rank + 1) * per_rank, total)
+        batches = range(first, last, self.batch_size)
+        for start in tqdm(batches, desc=desc, disable=rank != 0, leave=False):
+            n = min(self.batch_size, last - start)
+            generator = paradigm.sample_generators(self.seed, range(start, start + n))
+            cond, asked = condition(start, n)
+            draw = functools.partial(pl_module.sample, n, cond=cond, generator=generator, **self.sampling)
+            samples = sharding.forward_outside_step(trainer, pl_module, draw)
+            images = to_uint8(samples) if samples.is_floating_point() else trainer.datamodule.decode(samples)
+            consume(images, cond, asked)
+        if sharding.sharded_strategy(trainer) is not None:
+            # Each sample() call gathers the sharded parameters from every rank, so a rank with fewer
+            # batches (the last ones hold the remainder) joins the others' extra calls, discarding them.
+            calls = math.ceil(min(per_rank, total) / self.batch_size)  # rank 0's, the most
+            one = paradigm.sample_generators(self.seed, [0])  # the same settings: the same passes
+            extra = functools.partial(
+                pl_module.sample, 1, cond=condition(0, 1)[0], generator=one, **self.sampling
+            )
+            for _ in range(calls - len(batches)):
+                sharding.forward_outside_step(trainer, pl_module, extra)
+
+    def _held_out_accuracy(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        quality: QualityMetrics,
+        attributes: Sequence[str],
+        results: dict[str, float],
+    ) -> dict[str, Any]:
+        """Add ``attr_acc_heldout_<extractor>[_<attribute>]`` over captions of the data's ``held_out_set``
+        (sample i: caption of item i, generator seed + i) to ``results``; returns its protocol entry."""
+        held_out = self._dataset(datamodule, "held_out")
+        total = min(self.num_samples, len(held_out)) if held_out is not None else 0
+        if total == 0:
+            return {}
+        scores = AttributeScores(attributes, f"attr_acc_heldout_{quality.extractor.name}")
+
+        def condition(start: int, n: int) -> tuple[Any, Optional[Tensor]]:
+            captions, asked = split_items(held_out, range(start, start + n), attributes=True)
+            return {"text": captions}, asked
+
+        def consume(images: Tensor, cond: Any, asked: Optional[Tensor]) -> None:
+            scores.update(quality.extractor.attribute_logits(images.to(quality.device)), asked)
+
+        self._generate(trainer, pl_module, total, condition, consume, "Evaluation (held-out captions)")
+        results.update(scores.compute(pl_module.device))  # collective
+        return {"heldout": {"split": "held_out", "num_samples": scores.num_scored}}
+
+    def _attribute_names(
+        self, quality: QualityMetrics, datamodule: pl.LightningDataModule
+    ) -> Optional[tuple[str, ...]]:
+        """The data's attributes when the extractor is an attribute classifier that reads them (checked:
+        one ``ConfigError`` line otherwise), else None (no attribute accuracy)."""
+        names = getattr(datamodule, "attribute_names", None)
+        if names is None or not hasattr(quality.extractor, "attribute_logits"):
+            if names is not None:
+                self._tell(
+                    f"Evaluation: the {quality.extractor.name!r} extractor is no attribute classifier: no "
+                    "attribute accuracy (give --evaluation.extractor a checkpoint of "
+                    "experiments/eval/shapes_attributes.yaml)"
+                )
+            return None
+        quality.extractor.check_attributes(datamodule.attribute_values)
+        return tuple(names)
+
+    def _dataset(self, datamodule: pl.LightningDataModule, split: str) -> Any:
+        """The data module's ``<split>_set`` (set up first if needed), or None when it has none."""
+        attribute = f"{split}_set"
+        if getattr(datamodule, attribute, None) is None:
+            datamodule.setup("fit" if split in ("train", "val") else "test")
+        return getattr(datamodule, attribute, None)
+
     def _classification_accuracy_score(
         self,
         trainer: pl.Trainer,
@@ -281,8 +404,13 @@ class Evaluation(Callback):
                 f"Evaluation: the {extractor.name!r} extractor has {classes} classes and the model "
                 f"{num_classes}: no conditioning accuracy (give an extractor trained on the data's classes)"
             )
+        metrics = self.metrics
+        if hasattr(extractor, "attribute_logits") and classes == 0 and "is" in metrics:
+            # an attribute classifier has one softmax per attribute, no class set for an Inception Score
+            metrics = tuple(m for m in metrics if m != "is") or ("fid",)
+            self._tell(f"Evaluation: the attribute classifier {extractor.name!r} has no class logits: no IS")
         if not same_extractor or old.conditional != conditional:
-            self._quality = QualityMetrics(extractor, self.metrics, seed=self.seed, conditional=conditional)
+            self._quality = QualityMetrics(extractor, metrics, seed=self.seed, conditional=conditional)
         return self._quality.to(device)
 
     def _data_key(self, datamodule: pl.LightningDataModule) -> Optional[dict[str, Any]]:
@@ -303,24 +431,26 @@ class Evaluation(Callback):
             self._told.add(message)
             rank_zero_info(message)
 
-    def _reference_loader(self, datamodule: pl.LightningDataModule) -> DataLoader:
+    def _reference_loader(self, datamodule: pl.LightningDataModule, split: str) -> DataLoader:
         """An unshuffled, unaugmented loader over the reference split."""
-        attribute = f"{self.reference_split}_set"
-        if getattr(datamodule, attribute, None) is None:
-            datamodule.setup("fit" if self.reference_split in ("train", "val") else "test")
-        dataset = getattr(datamodule, attribute, None)
+        dataset = self._dataset(datamodule, split)
         if dataset is None:
-            raise RuntimeError(f"{type(datamodule).__name__} has no {attribute} for the evaluation reference")
+            raise RuntimeError(f"{type(datamodule).__name__} has no {split}_set for the evaluation reference")
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
 
     def _real_features(
-        self, loader: DataLoader, quality: QualityMetrics, dataset: str, key: Optional[dict[str, Any]]
+        self,
+        loader: DataLoader,
+        quality: QualityMetrics,
+        dataset: str,
+        key: Optional[dict[str, Any]],
+        split: str,
     ) -> Tensor:
         return real_features(
             loader,
             quality.extractor,
             dataset=dataset,
-            split=self.reference_split,
+            split=split,
             num=self.num_real,
             key=key,
             cache=key is not None,

@@ -105,7 +105,8 @@ class SampleWriter(BasePredictionWriter):
     sample i is drawn from seed + i, so a file's name says how to redraw it alone. By modality:
     images ``sample_00003.png`` (plus ``grid.png``), text ``sample_00003.txt`` (plus one
     ``samples.txt`` listing), audio ``sample_00003.wav`` (16-bit PCM) and a ``sample_00003.png``
-    spectrogram.
+    spectrogram. A text-conditional model's captions go into ``prompts.txt``, one line per file
+    (``sample_00003.png<TAB>a small red circle ...``).
 
     At the start of ``predict`` it deletes the files an earlier ``predict`` wrote in its folder
     (``OWN_FILES``: ``sample_<index>`` files, ``grid.png``, ``samples.txt``; never another file), so
@@ -183,12 +184,22 @@ class SampleWriter(BasePredictionWriter):
             ordered = route.join([joined[first[i] : first[i] + 1] for i in unique])  # by sample index
             nrow = grid_rows(self.nrow, getattr(pl_module, "num_classes", 0))
             summary = route.write_all(out / route.summary, media.sample_names(unique), ordered, nrow).name
+        prompts = paradigm.predict_prompts(pl_module, unique)
+        if prompts is not None:  # which caption made which file
+            suffix = self.written[0].suffix if self.written else ""
+            lines = [
+                f"{name}{suffix}\t{prompt}"
+                for name, prompt in zip(media.sample_names(unique), prompts, strict=True)
+            ]
+            (out / PROMPTS).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            summary = f"{summary} and {PROMPTS}" if summary else PROMPTS
         rank_zero_info(f"Wrote {len(unique)} samples{' and ' + summary if summary else ''} to {out}")
 
 
 # What ``SampleWriter`` writes into its folder (``media.sample_names`` with the routes' suffixes, and
 # the routes' summaries): the files an earlier predict left, which a new one deletes first.
-OWN_FILES = re.compile(r"sample_\d{5,}\.(png|txt|wav)|grid\.png|samples\.txt")
+OWN_FILES = re.compile(r"sample_\d{5,}\.(png|txt|wav)|grid\.png|samples\.txt|prompts\.txt")
+PROMPTS = "prompts.txt"  # a text-conditional model's captions: one line per file, "<file>\t<caption>"
 
 
 def clear_outputs(folder: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """LightningDataModules: each yields batches in the shapes of docs/architecture.md, "Batches"."""
 
 from lit_genai.data.audio import AudioFolder, ProceduralNotes
+from lit_genai.data.captions import CaptionedImages, COCOCaptions
 from lit_genai.data.images import (
     CIFAR10,
     MNIST,
@@ -12,11 +13,15 @@ from lit_genai.data.images import (
     TorchvisionDataModule,
 )
 from lit_genai.data.pixels import ImagePixels
+from lit_genai.data.shapes import CaptionedShapes
 from lit_genai.data.text import CharText
 from lit_genai.data.tokens import ImageTokens
 
 __all__ = [
     "AudioFolder",
+    "CaptionedImages",
+    "COCOCaptions",
+    "CaptionedShapes",
     "CIFAR10",
     "CharText",
     "MNIST",

@@ -34,6 +34,8 @@ COUNTS: dict[str, tuple[int, str]] = {
     "num_workers": (0, "the DataLoader worker processes; 0 loads in the main process"),
     "val_size": (0, "the validation images held out"),
     "test_size": (0, "the test images held out"),
+    "train_size": (1, "the training images drawn"),
+    "held_out_size": (0, "the images of held-out combinations drawn"),
     "steps_per_epoch": (1, "the training batches per epoch"),
     "block_size": (1, "the tokens per training sequence"),
     "crop_length": (1, "the samples per crop the model reads"),

@@ -17,6 +17,7 @@ import hashlib
 import importlib.resources
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,8 @@ class ImageDataModule(L.LightningDataModule):
     # Default feature extractor of the quality metrics (lit_genai.metrics.features.get_extractor):
     # the shipped MNIST classifier for MNIST digits, TF-Inception for natural images, None = none fits.
     feature_extractor: str | None = None
+    # How a list of items becomes a batch; None = torch's default collate (captioned data: lists of str).
+    collate_fn: Callable[[list[Any]], Any] | None = None
 
     def __init__(
         self,
@@ -86,7 +89,8 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
-        return training_loader(self.train_set, self.batch_size, self.num_workers)  # resumable order
+        # resumable order
+        return training_loader(self.train_set, self.batch_size, self.num_workers, collate_fn=self.collate_fn)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -100,11 +104,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.random_flip and self.trainer is not None and self.trainer.training:
-            x, y = batch  # (B, C, H, W), (B,)
+            x, *rest = batch  # (B, C, H, W), then y (B,) [and captions]
             # this rank's slice of a world-sized draw: ranks seeded alike flip different images
             u = this_rank(lambda n: torch.rand(n, device=x.device), x.shape[0], self.trainer)  # (B,)
             flip = (u < 0.5)[:, None, None, None]  # (B, 1, 1, 1)
-            batch = (torch.where(flip, x.flip(-1), x), y)
+            batch = (torch.where(flip, x.flip(-1), x), *rest)
         return batch
 
     # Init arguments that leave the images of the sets as they are (batching, loading, downloading,
@@ -167,6 +171,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator(),  # the workers' seed: not from the global RNG (data/order.py)
+            collate_fn=self.collate_fn,
         )
 
     def _split(self, n: int, test_size: int = 0) -> tuple[Tensor, Tensor, Tensor]:

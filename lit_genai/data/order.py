@@ -25,7 +25,7 @@ the sampler's length (which Lightning and the wrapper read once) never changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import torch
@@ -112,10 +112,19 @@ def epoch_order(loader: Any) -> Optional[EpochOrder]:
 
 
 def training_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: bool = True, windows: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    *,
+    shuffle: bool = True,
+    windows: bool = False,
+    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
+    order: Optional[EpochOrder] = None,
 ) -> ResumableLoader:
-    """The training DataLoader of every data module: resumable order, its own worker-seed generator."""
-    order = EpochOrder(len(dataset), shuffle=shuffle, windows=windows)
+    """The training DataLoader of every data module: resumable order, its own worker-seed generator
+    (``collate_fn``: the DataLoader's, None = torch's default collate; ``order``: the sampler, an
+    ``EpochOrder`` subclass, None = ``EpochOrder(len(dataset), shuffle=shuffle, windows=windows)``)."""
+    order = EpochOrder(len(dataset), shuffle=shuffle, windows=windows) if order is None else order
     order.set_epoch(0)
     return ResumableLoader(
         dataset,
@@ -125,4 +134,5 @@ def training_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         generator=order.loader_generator,
+        collate_fn=collate_fn,
     )

@@ -10,11 +10,15 @@
   folder), 50257 ids; encoding is ``encode_ordinary``, decoding the encoding's. The token stream's
   file on disk is ``lit_genai.data.token_file``.
 
+``caption_words`` splits a caption into lower-case words, for the word tokenizer of text conditions
+over a data set's ``text_vocabulary`` (``lit_genai.data.shapes``).
+
 Shape legend: B rows, T tokens of a row, N tokens of a document, V vocabulary size.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -29,6 +33,18 @@ _GPT2_HINT = (
     "pip install tiktoken; its first use needs internet once to fetch the GPT-2 BPE files "
     "(or set TIKTOKEN_CACHE_DIR to a folder holding them)"
 )
+
+
+# Word separators of captions: whitespace and the punctuation captions use between words (a comma
+# above all), so "small," and "(small)" are the word "small" and a prompt ending in "." still parses.
+_CAPTION_SEPARATORS = re.compile(r"[\s,;:.!?()\"]+")
+
+
+def caption_words(text: str) -> list[str]:
+    """A caption's words for a word tokenizer: lower case, split on whitespace and commas (and
+    ``; : . ! ? ( ) "``), no empty words. ``"Blue background, red circle"`` ->
+    ``["blue", "background", "red", "circle"]``."""
+    return [w for w in _CAPTION_SEPARATORS.split(text.lower()) if w]
 
 
 def vocabulary_of(texts: Sequence[str]) -> list[str]:

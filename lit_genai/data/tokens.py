@@ -7,13 +7,18 @@ on the images' ``identity()``: another tokenizer or other images are another cac
 
 Batches (docs/architecture.md, "Batches"): ``(tokens, labels)``, tokens (B, h*w) int64 in raster
 order (row by row of the h x w grid), labels (B,) int64 (the images' classes, 0 for unlabelled
-data). ``predict_dataloader`` yields (B,) int64 sample indices as the image modules do, and
-``decode(tokens)`` turns sampled ids into uint8 images (B, C, H, W) through the tokenizer's
-decoder, so samples take the image media route (``lit_genai.media``).
+data). Over captioned images (``data.shapes.CaptionedShapes``, items ``(image, attrs, caption)``)
+batches are ``(tokens, attrs, captions)``: attrs (B, A) int64 the images' ground-truth attributes,
+captions B strings, the ``text`` condition; the cache keeps both. ``predict_dataloader`` yields
+(B,) int64 sample indices as the image modules do, and ``decode(tokens)`` turns sampled ids into
+uint8 images (B, C, H, W) through the tokenizer's decoder, so samples take the image media route
+(``lit_genai.media``).
 
 What the model must know is set in ``__init__`` (the command line links it): ``vocab_size`` (the
 codebook size K), ``block_size`` (h*w tokens per image) and ``num_classes`` (from the images);
-``token_shape`` (h, w) and ``feature_extractor`` (the images') are there too.
+``token_shape`` (h, w) and ``feature_extractor`` (the images') are there too, and the wrapped data's
+``conditions``, ``text_vocabulary``, ``attribute_names`` and ``attribute_values`` where it has them
+(so the command line links the caption words and the evaluation finds the attributes).
 
 Shape legend: B batch, C/H/W image, h/w token grid, N images of a split.
 """
@@ -45,6 +50,21 @@ from lit_genai.vae.vqvae import VQVAE
 
 SPLITS = ("train", "val", "test")
 _KEY = "data.init_args.tokenizer"
+PASSED_ON = ("conditions", "text_vocabulary", "attribute_names", "attribute_values")
+"""What the wrapped image data declares about its conditions, exposed as the token data's own."""
+
+
+class CaptionedTokens(Dataset):
+    """Items ``(tokens (h*w,) int64, attrs (A,) int64, caption str)`` of a captioned split's cache."""
+
+    def __init__(self, tokens: Tensor, attrs: Tensor, captions: list[str]) -> None:
+        self.tokens, self.attrs, self.captions = tokens, attrs, captions
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, str]:
+        return self.tokens[i], self.attrs[i], self.captions[i]
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -140,6 +160,9 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         self.block_size: int = self.token_shape[0] * self.token_shape[1]
         self.num_classes: int = int(images.num_classes)
         self.feature_extractor: Optional[str] = getattr(images, "feature_extractor", None)
+        for name in PASSED_ON:  # only where the images have them: a missing one skips its CLI link
+            if getattr(images, name, None) is not None:
+                setattr(self, name, getattr(images, name))
         self.tokenizer_digest = file_digest(tokenizer)
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
@@ -195,7 +218,7 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         else:  # no prepare_data (setup called directly): encode here
             cached = self._encode_all()
             self._write_cache(cached)
-        sets = {split: TensorDataset(*cached[split]) for split in SPLITS if split in cached}
+        sets = {split: _dataset(*cached[split]) for split in SPLITS if split in cached}
         self.train_set, self.val_set, self.test_set = (sets.get(split) for split in SPLITS)
 
     # ------------------------------------------------------------------ media
@@ -221,37 +244,51 @@ class ImageTokens(SplitLoaders, L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     @torch.no_grad()
-    def _encode_all(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """{split: (tokens (N, h*w) int64, labels (N,) int64)} of every split the images have."""
+    def _encode_all(self) -> dict[str, tuple[Any, ...]]:
+        """{split: (tokens (N, h*w) int64, labels (N,) int64)} of every split the images have; for
+        captioned images {split: (tokens, attrs (N, A) int64, N captions)}."""
         images = self.images
         images.setup(None)  # every split (the image modules' setup is idempotent)
         device = self._device()
         model = self.model.to(device)
-        out: dict[str, tuple[Tensor, Tensor]] = {}
+        out: dict[str, tuple[Any, ...]] = {}
         with eval_mode(model):
             for split in SPLITS:
                 dataset = getattr(images, f"{split}_set", None)
                 if dataset is None:
                     continue
-                loader = DataLoader(dataset, batch_size=images.batch_size, num_workers=images.num_workers)
-                tokens, labels = [], []
-                for x, y in loader:
+                loader = DataLoader(
+                    dataset,
+                    batch_size=images.batch_size,
+                    num_workers=images.num_workers,
+                    collate_fn=getattr(images, "collate_fn", None),  # captions as a list of str
+                )
+                tokens, labels, captions = [], [], []
+                for x, y, *text in loader:  # (x, labels) or captioned (x, attrs, captions)
                     ids = model.encode(x.to(device))  # (B, h, w)
                     tokens.append(ids.flatten(1).cpu())  # (B, h*w) raster order
-                    labels.append(torch.as_tensor(y).long().cpu())
+                    labels.append(torch.as_tensor(y).long().cpu())  # (B,) or (B, A)
+                    captions.extend(str(c) for c in (text[0] if text else ()))
                 if not tokens:  # an empty split
                     tokens, labels = (
                         [torch.zeros(0, self.block_size, dtype=torch.long)],
                         [torch.zeros(0).long()],
                     )
                 out[split] = (torch.cat(tokens), torch.cat(labels))
+                if "text" in tuple(getattr(images, "conditions", None) or ()):
+                    out[split] += (captions,)  # plain strings: torch.load(weights_only=True) reads them
         self.model.to("cpu")
         self.encoded = True
         return out
 
-    def _write_cache(self, cached: dict[str, tuple[Tensor, Tensor]]) -> None:
+    def _write_cache(self, cached: dict[str, tuple[Any, ...]]) -> None:
         path = self.cache_path
         with atomic_file(path) as out:  # a reader sees the whole file or none
             torch.save(cached, out)
-        sizes = ", ".join(f"{split} {len(t)}" for split, (t, _) in cached.items())
+        sizes = ", ".join(f"{split} {len(items[0])}" for split, items in cached.items())
         rank_zero_info(f"ImageTokens: encoded {sizes} images into {path}")
+
+
+def _dataset(tokens: Tensor, labels: Tensor, captions: Optional[list[str]] = None) -> Dataset:
+    """A split's cached items as a dataset: (tokens, labels) pairs, or captioned triples."""
+    return TensorDataset(tokens, labels) if captions is None else CaptionedTokens(tokens, labels, captions)

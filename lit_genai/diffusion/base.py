@@ -15,6 +15,11 @@ network's target and the samplers. ``DenoisingModule`` holds the rest (docs/arch
   (``paradigm.optimizer_config``);
 - ``validation_step`` / ``test_step`` (a subclass's ``_evaluate``, whose noise comes from
   ``paradigm.evaluation_generator``), ``predict_step`` and ``sampling_settings`` (``paradigm``);
+- text conditioning (``lit_genai.text_condition``): with a network whose ``text_encoder`` is set, the
+  module uses the ``text`` condition: batches ``(x, y, captions)`` are tokenized (the data's
+  ``text_vocabulary``, linked by the command line), captions dropped to the empty one with
+  ``p_uncond``'s probability for ``text``, encoded once per step and read by cross-attention; samples
+  take ``cond={"text": captions}`` or, without one, the sampling settings' ``prompt``;
 - latent space (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
   Models"): with ``autoencoder`` (a ``KLAutoencoder`` checkpoint) the network models the scaled
   latents of that frozen first stage (``latent.FirstStage``): batches are encoded before the loss,
@@ -32,7 +37,7 @@ Shape legend: B batch, C/H/W image (or latent: what the net sees, ``net_shape``)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -40,9 +45,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm, sharding
-from lit_genai.conditions import DropoutProbability, condition_dropout, drop_labels
+from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.nn.cross_attention import TextContext
+from lit_genai.text_condition import TextCondition, prompts_for, text_encoder_of
 
 if TYPE_CHECKING:
     from lit_genai.diffusion.latent import FirstStage
@@ -72,6 +79,8 @@ class DenoisingModule(LightningModule):
         seed: Base seed of ``predict``: sample i uses the generator seed + i.
         autoencoder: Path of a ``KLAutoencoder`` checkpoint: model its latents (latent diffusion).
         sampling: The subclass's inference-time settings; kept out of checkpoints.
+        text_vocabulary: The words of the data's captions (linked from the data), which a text
+            encoder without a tokenizer of its own reads; None: UTF-8 bytes.
     """
 
     modality = "image"
@@ -93,6 +102,7 @@ class DenoisingModule(LightningModule):
         seed: int,
         autoencoder: Optional[str],
         sampling: paradigm.SamplingSettings,
+        text_vocabulary: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__()
         # The arguments of the subclass's __init__ as well (Lightning's collect_init_args).
@@ -103,6 +113,14 @@ class DenoisingModule(LightningModule):
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
         self.conditions = paradigm.conditions_of(self.num_classes)
+        encoder = text_encoder_of(net)
+        self.text: Optional[TextCondition] = None
+        if encoder is not None:
+            self.text = TextCondition(encoder, text_vocabulary, "model.net")
+            self.conditions = (*self.conditions, "text")
+            prompt = getattr(sampling, "prompt", None)
+            if prompt:  # a word the encoder does not know: one line now, not after loading the weights
+                self.text.tokenize([prompt] if isinstance(prompt, str) else list(prompt), torch.device("cpu"))
         self._dropout = condition_dropout(p_uncond, self.conditions, "model")
         self.sampling = sampling
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -122,9 +140,12 @@ class DenoisingModule(LightningModule):
                 "null (UNet)"
             )
 
-    def forward(self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """(B, C, H, W), (B,), (B,) -> network output (B, C, H, W)."""
-        return self.net(x_t, t, y) if self.num_classes > 0 else self.net(x_t, t)
+    def forward(
+        self, x_t: Tensor, t: Tensor, y: Optional[Tensor] = None, context: Optional[TextContext] = None
+    ) -> Tensor:
+        """(B, C, H, W), (B,), (B,), the text context -> network output (B, C, H, W)."""
+        args = (x_t, t, y) if self.num_classes > 0 else (x_t, t)
+        return self.net(*args, context=context) if self.text is not None else self.net(*args)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch, batch_idx)
@@ -136,8 +157,10 @@ class DenoisingModule(LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self):
-        return paradigm.optimizer_config(  # the first stage is frozen: never optimised
-            self.optimizer(self.net.parameters()),
+        # The first stage and a frozen text encoder are never optimised.
+        trained = [p for p in self.net.parameters() if p.requires_grad]
+        return paradigm.optimizer_config(
+            self.optimizer(trained),
             self.lr_scheduler,
             warmup_steps=self.hparams.warmup_steps,
             interval="step",
@@ -158,6 +181,53 @@ class DenoisingModule(LightningModule):
 
     # ------------------------------------------------------------------ training and evaluation helpers
 
+    def _inputs(
+        self, batch: Sequence[Any], train: bool
+    ) -> tuple[Tensor, Optional[Tensor], Optional[TextContext]]:
+        """A batch ``(x, y[, captions])`` -> (what the network models (B, C, H, W), labels (B,) or None,
+        the captions' context or None); in training, labels and captions dropped for guidance."""
+        x0, y = self._encode_batch(batch[0]), batch[1]
+        y = (self._drop_labels(y) if train else y) if self.num_classes > 0 else None
+        context = None
+        if self.text is not None:
+            if len(batch) < 3:
+                raise ConfigError(
+                    "the model is text-conditional but its batches carry no captions: use captioned "
+                    "data (batches (x, y, captions)), or a network without a text_encoder"
+                )
+            ids, mask = self.text.tokenize(batch[2], x0.device)
+            if train:
+                ids, mask = self.text.drop(ids, mask, self._dropout, self._trainer)
+            context = self.text.encode(ids, mask)
+        return x0, y, context
+
+    def _sampling_conditions(
+        self, n: int, cond: Cond, settings: paradigm.SamplingSettings
+    ) -> tuple[Optional[Tensor], Optional[TextContext]]:
+        """``sample()``'s ``cond`` -> (labels (n,) or None, the text context or None). Without a
+        ``text`` condition, sample j takes the settings' prompt j % len (none: the empty caption)."""
+        named = as_conditions(cond, self.conditions, f"{type(self).__name__}.sample()")
+        labels = named.get("label")
+        prompt = getattr(settings, "prompt", None)
+        if self.text is None:
+            if prompt:
+                raise ConfigError(
+                    "model.sampling.prompt needs a text-conditional model (a network with a text_encoder)"
+                )
+            return labels, None
+        text = named.get("text")
+        if text is None:
+            text = prompts_for(prompt, range(n)) or [""] * n
+        if len(text) != n:
+            raise ConfigError(f"{type(self).__name__}.sample(): {len(text)} captions for {n} samples")
+        ids, mask = self.text.tokenize(text, self.device)
+        return labels, self.text.encode(ids, mask)
+
+    def prompts(self, indices: Sequence[int]) -> Optional[list[str]]:
+        """The caption of each sample index that ``predict`` draws (the settings' ``prompt``,
+        cycled), or None (docs/architecture.md, "Generative modules")."""
+        return prompts_for(getattr(self.sampling, "prompt", None), indices) if self.text is not None else None
+
     def _drop_labels(self, y: Tensor) -> Tensor:
         """Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1): each label
         becomes the null label ``num_classes`` with probability ``p_uncond``
@@ -167,27 +237,32 @@ class DenoisingModule(LightningModule):
     def _log_terms(self, stage: str, terms: dict[str, Tensor]) -> None:
         """Log the per-example ``terms`` {name: (B,)} as ``<stage>/<name>`` means."""
         for name, value in terms.items():
+            B = value.shape[0]  # given: Lightning cannot infer it from a batch holding captions
             if stage == "train":
-                self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
+                self.log(f"train/{name}", value.mean(), prog_bar=name == "loss", batch_size=B)
             else:
                 self.log(
                     f"{stage}/{name}",
                     value.mean(),
                     prog_bar=stage == "val" and name == "loss",
                     sync_dist=True,
+                    batch_size=B,
                 )
 
     # ------------------------------------------------------------------ guidance
 
-    def _model_fn(self, cond: Optional[Tensor], w: float) -> ModelFn:
+    def _model_fn(self, cond: Optional[Tensor], w: float, context: Optional[TextContext] = None) -> ModelFn:
         """The network as ``(x_t, t) -> output``, with classifier-free guidance when asked for.
 
         ``cond`` (B,) labels or None (an unconditional sample from a conditional model: the null
         label); ``w`` the guidance weight (Ho & Salimans 2022, eq. 6; 0 = conditional). The guided
         output is (1 + w) out(x, c) - w out(x, null): for eps, x0, v, EDM's F and a flow's velocity
         alike, since each is an affine function of the others with coefficients that do not depend
-        on the label.
+        on the label. ``context``: the captions' text context of a text-conditional model; its null is
+        the empty caption, and with labels too the unconditional branch drops both.
         """
+        if self.text is not None:
+            return self._text_model_fn(cond, w, context)
         if self.num_classes == 0:
             return lambda x_t, t: self.net(x_t, t)
         if cond is None:  # unconditional sample from a conditional model: the null label
@@ -201,5 +276,33 @@ class DenoisingModule(LightningModule):
             # One batched pass for both branches: (2B, C, H, W) -> two (B, C, H, W).
             out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
             return out_u + (1 + w) * (out_c - out_u)  # = (1 + w) out_c - w out_u (Ho & Salimans eq. 6)
+
+        return guided
+
+    def _text_model_fn(self, labels: Optional[Tensor], w: float, context: Optional[TextContext]) -> ModelFn:
+        """``_model_fn`` of a text-conditional network: guidance between (labels, captions) and (null
+        label, empty captions), both branches in one batched pass."""
+        if self.num_classes > 0 and labels is None:
+            labels = torch.full(
+                (1,), self.num_classes, dtype=torch.long, device=self.device
+            )  # broadcast below
+            w = 0.0  # an unconditional draw: guidance is void
+        if self.num_classes > 0:
+            labels = labels.to(self.device)
+
+        def rows(x: Tensor, z: Optional[Tensor]) -> Optional[Tensor]:
+            return None if z is None else (z.expand(x.shape[0]) if z.shape[0] == 1 else z)
+
+        if w == 0 or context is None:
+            return lambda x_t, t: self(x_t, t, rows(x_t, labels), context)
+        null_context = self.text.null(context.tokens.shape[0], self.device)
+        both = TextContext.cat([context, null_context])
+
+        def guided(x_t: Tensor, t: Tensor) -> Tensor:
+            y = None
+            if self.num_classes > 0:
+                y = torch.cat([rows(x_t, labels), torch.full_like(rows(x_t, labels), self.num_classes)])
+            out_c, out_u = self(torch.cat([x_t, x_t]), torch.cat([t, t]), y, both).chunk(2)
+            return out_u + (1 + w) * (out_c - out_u)  # Ho & Salimans eq. 6
 
         return guided

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.conditions import Cond, DropoutProbability, labels_of
+from lit_genai.conditions import Cond, DropoutProbability
 from lit_genai.diffusion.base import DenoisingModule
 from lit_genai.diffusion.preconditioning import (
     P_MEAN,
@@ -63,6 +63,8 @@ class EDMSampling(paradigm.SamplingSettings):
         s_tmax: Upper end of the noise levels where churn is added.
         s_noise: S_noise, the standard deviation of the added noise (EDM: slightly above 1).
         guidance_scale: Classifier-free guidance weight w (0 = plain conditional sampling).
+        prompt: The caption(s) of samples drawn without a ``text`` condition (a text-conditional
+            model): one string, or a list that sample i takes entry i % len of. None: the empty caption.
     """
 
     sampler: Sampler = "heun"
@@ -75,6 +77,7 @@ class EDMSampling(paradigm.SamplingSettings):
     s_tmax: float = float("inf")
     s_noise: float = 1.0
     guidance_scale: float = 0.0
+    prompt: Union[str, list[str], None] = None
 
 
 class EDM(DenoisingModule):
@@ -108,6 +111,7 @@ class EDM(DenoisingModule):
         autoencoder: Path of a ``KLAutoencoder`` checkpoint: denoise its scaled latents instead of
             the images (latent diffusion, Rombach et al. 2022; ``base.py``); set ``sigma_data: 1.0``.
         sampling: Inference-time settings (``EDMSampling``); kept out of checkpoints.
+        text_vocabulary: The words of the data's captions (linked from the data; ``base.py``).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class EDM(DenoisingModule):
         seed: int = 0,
         autoencoder: Optional[str] = None,
         sampling: EDMSampling = EDMSampling(),
+        text_vocabulary: Optional[Sequence[str]] = None,
     ) -> None:
         if not sigma_data > 0:
             raise ConfigError(
@@ -143,43 +148,45 @@ class EDM(DenoisingModule):
             seed,
             autoencoder,
             sampling,
+            text_vocabulary,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
-        x0 = self._encode_batch(x0)  # the latents, with an autoencoder
+        x0, y, context = self._inputs(batch, train=True)  # labels and captions dropped for guidance
         B, trainer = x0.shape[0], self._trainer  # None when called outside a Trainer
-        y = self._drop_labels(y)  # classifier-free guidance
         # sigma and noise: this rank's slice of a world-sized draw, so ranks seeded alike differ.
         hp = self.hparams
         sigma = paradigm.this_rank(
             lambda n: log_normal_sigmas(n, hp.p_mean, hp.p_std, device=x0.device), B, trainer
         )  # (B,)
         noise = paradigm.this_rank(lambda n: torch.randn((n, *x0.shape[1:]), device=x0.device), B, trainer)
-        terms = self._loss_terms(x0, y, sigma.to(x0), noise.to(x0))
+        terms = self._loss_terms(x0, y, sigma.to(x0), noise.to(x0), context)
         self._log_terms("train", terms)
         return terms["loss"].mean()
 
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """``<stage>/loss`` and ``<stage>/mse`` with sigma and noise fixed per batch index."""
-        x0, y = batch
-        x0 = self._encode_batch(x0)
+        x0, y, context = self._inputs(batch, train=False)
         generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         sigma = log_normal_sigmas(x0.shape[0], self.hparams.p_mean, self.hparams.p_std, generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        self._log_terms(stage, self._loss_terms(x0, y, sigma.to(x0), noise.to(x0)))
+        self._log_terms(stage, self._loss_terms(x0, y, sigma.to(x0), noise.to(x0), context))
 
-    def _loss_terms(self, x0: Tensor, y: Tensor, sigma: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def _loss_terms(
+        self, x0: Tensor, y: Optional[Tensor], sigma: Tensor, noise: Tensor, context: Any = None
+    ) -> dict[str, Tensor]:
         """EDM loss (eq. 2, weighted by eq. 8) at noise levels sigma (B,) with noise (B, C, H, W)."""
         sigma_data = self.hparams.sigma_data
         x = edm_add_noise(x0, sigma, noise)  # (B, C, H, W)
         _, _, c_in, _ = edm_preconditioning(sigma, sigma_data)  # (B,) each
-        F_out = self(expand(c_in, x) * x, edm_net_time(sigma), y)  # (B, C, H, W)
+        F_out = self(expand(c_in, x) * x, edm_net_time(sigma), y, context)  # (B, C, H, W)
         return edm_loss(F_out, x0, x, sigma, sigma_data)
 
-    def denoiser(self, cond: Optional[Tensor] = None, guidance_scale: float = 0.0) -> Denoiser:
+    def denoiser(
+        self, cond: Optional[Tensor] = None, guidance_scale: float = 0.0, context: Any = None
+    ) -> Denoiser:
         """D(x, sigma) (EDM eq. 7) of the network, with guidance, for the solvers of ``solvers.py``."""
-        return edm_denoiser(self._model_fn(cond, guidance_scale), self.hparams.sigma_data)
+        return edm_denoiser(self._model_fn(cond, guidance_scale, context), self.hparams.sigma_data)
 
     def sigma_grid(self, steps: int, **options: Any) -> Tensor:
         """(steps + 1,) float64 Karras grid (EDM eq. 5) from sigma_max to sigma_min, then 0, with the
@@ -218,10 +225,10 @@ class EDM(DenoisingModule):
                 s_tmax=settings.s_tmax,
                 s_noise=settings.s_noise,
             )
-        labels = labels_of(self, cond)
+        labels, context = self._sampling_conditions(n, cond, settings)
         with paradigm.eval_mode(self.net):
             x = SOLVERS[sampler](
-                self.denoiser(labels, settings.guidance_scale),
+                self.denoiser(labels, settings.guidance_scale, context),
                 (n, *self.net_shape),
                 karras_sigmas(settings.steps, settings.sigma_min, settings.sigma_max, settings.rho),
                 generator=generator,

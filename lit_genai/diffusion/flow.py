@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.conditions import Cond, DropoutProbability, labels_of
+from lit_genai.conditions import Cond, DropoutProbability
 from lit_genai.diffusion.base import DenoisingModule
 from lit_genai.diffusion.flow_matching import (
     Velocity,
@@ -53,12 +53,15 @@ class FlowSampling(paradigm.SamplingSettings):
         steps: Number N of steps.
         time_shift: SD3's shift of the uniform time grid (1 = none; > 1 more steps at high noise).
         guidance_scale: Classifier-free guidance weight w (0 = plain conditional sampling).
+        prompt: The caption(s) of samples drawn without a ``text`` condition (a text-conditional
+            model): one string, or a list that sample i takes entry i % len of. None: the empty caption.
     """
 
     sampler: Sampler = "euler"
     steps: int = 50
     time_shift: float = 1.0
     guidance_scale: float = 0.0
+    prompt: Union[str, list[str], None] = None
 
 
 class FlowMatching(DenoisingModule):
@@ -90,6 +93,7 @@ class FlowMatching(DenoisingModule):
         autoencoder: Path of a ``KLAutoencoder`` checkpoint: model its scaled latents instead of the
             images (latent flow matching, as SD3; ``base.py``).
         sampling: Inference-time settings (``FlowSampling``); kept out of checkpoints.
+        text_vocabulary: The words of the data's captions (linked from the data; ``base.py``).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class FlowMatching(DenoisingModule):
         seed: int = 0,
         autoencoder: Optional[str] = None,
         sampling: FlowSampling = FlowSampling(),
+        text_vocabulary: Optional[Sequence[str]] = None,
     ) -> None:
         if time_sampling not in ("uniform", "logit_normal"):
             raise ConfigError(
@@ -125,6 +130,7 @@ class FlowMatching(DenoisingModule):
             seed,
             autoencoder,
             sampling,
+            text_vocabulary,
         )
 
     def _draw_times(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
@@ -134,34 +140,35 @@ class FlowMatching(DenoisingModule):
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
-        x0 = self._encode_batch(x0)  # the latents, with an autoencoder
+        x0, y, context = self._inputs(batch, train=True)  # labels and captions dropped for guidance
         B, trainer = x0.shape[0], self._trainer  # None when called outside a Trainer
-        y = self._drop_labels(y)  # classifier-free guidance
         # t and noise: this rank's slice of a world-sized draw, so ranks seeded alike differ.
         t = paradigm.this_rank(lambda n: self._draw_times(n, device=x0.device), B, trainer)  # (B,)
         eps = paradigm.this_rank(lambda n: torch.randn((n, *x0.shape[1:]), device=x0.device), B, trainer)
-        terms = self._loss_terms(x0, y, t.to(x0), eps.to(x0))
+        terms = self._loss_terms(x0, y, t.to(x0), eps.to(x0), context)
         self._log_terms("train", terms)
         return terms["loss"].mean()
 
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """``<stage>/loss`` with t and noise fixed per batch index."""
-        x0, y = batch
-        x0 = self._encode_batch(x0)
+        x0, y, context = self._inputs(batch, train=False)
         generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         t = self._draw_times(x0.shape[0], generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
-        self._log_terms(stage, self._loss_terms(x0, y, t.to(x0), eps.to(x0)))
+        self._log_terms(stage, self._loss_terms(x0, y, t.to(x0), eps.to(x0), context))
 
-    def _loss_terms(self, x0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> dict[str, Tensor]:
+    def _loss_terms(
+        self, x0: Tensor, y: Optional[Tensor], t: Tensor, eps: Tensor, context: Any = None
+    ) -> dict[str, Tensor]:
         """Flow matching loss at times t (B,) with noise eps (B, C, H, W)."""
-        v = self(flow_interpolate(x0, eps, t), flow_net_time(t), y)  # (B, C, H, W)
+        v = self(flow_interpolate(x0, eps, t), flow_net_time(t), y, context)  # (B, C, H, W)
         return flow_loss(v, x0, eps)
 
-    def velocity(self, cond: Optional[Tensor] = None, guidance_scale: float = 0.0) -> Velocity:
+    def velocity(
+        self, cond: Optional[Tensor] = None, guidance_scale: float = 0.0, context: Any = None
+    ) -> Velocity:
         """v(x_t, t) of the network, with guidance, for the samplers of ``flow_matching.py``."""
-        return flow_velocity(self._model_fn(cond, guidance_scale))
+        return flow_velocity(self._model_fn(cond, guidance_scale, context))
 
     @torch.no_grad()
     def sample(
@@ -188,10 +195,10 @@ class FlowMatching(DenoisingModule):
         run = {"euler": flow_euler_sample, "heun": flow_heun_sample, "dpm_solver++": flow_sigma_sample}[
             settings.sampler
         ]
-        labels = labels_of(self, cond)
+        labels, context = self._sampling_conditions(n, cond, settings)
         with paradigm.eval_mode(self.net):
             x = run(
-                self.velocity(labels, settings.guidance_scale),
+                self.velocity(labels, settings.guidance_scale, context),
                 (n, *self.net_shape),
                 flow_time_grid(settings.steps, settings.time_shift),
                 generator=generator,

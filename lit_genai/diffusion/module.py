@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.conditions import Cond, DropoutProbability, labels_of
+from lit_genai.conditions import Cond, DropoutProbability
 from lit_genai.diffusion.base import DenoisingModule
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
@@ -70,6 +70,9 @@ class DiffusionSampling(paradigm.SamplingSettings):
             0.999) has sigma ~2e4; from there a few-step grid takes such large first steps that
             Heun's correction amplifies the denoiser's error (README, "Diffusion"). EDM's 80
             (Karras et al. 2022, Table 1) is already pure noise at the data's scale.
+        prompt: The caption(s) of samples drawn without a ``text`` condition, for a text-conditional
+            model (a network with a ``text_encoder``): one string, or a list that sample i takes
+            entry i % len of (``predict`` writes which in ``prompts.txt``). None: the empty caption.
     """
 
     sampler: Sampler = "ddim"
@@ -80,6 +83,7 @@ class DiffusionSampling(paradigm.SamplingSettings):
     guidance_scale: float = 0.0
     clip_denoised: bool = True
     sigma_max: Optional[float] = 80.0
+    prompt: Union[str, list[str], None] = None
 
 
 class Diffusion(DenoisingModule):
@@ -113,6 +117,7 @@ class Diffusion(DenoisingModule):
             the images (latent diffusion, Rombach et al. 2022; ``base.py``). The net must fit the
             latents' shape; samples are decoded to images.
         sampling: Inference-time settings (``DiffusionSampling``); kept out of checkpoints.
+        text_vocabulary: The words of the data's captions (linked from the data; ``base.py``).
     """
 
     evaluation_settings = ("bpd_timesteps", "test_bpd_timesteps")
@@ -135,6 +140,7 @@ class Diffusion(DenoisingModule):
         seed: int = 0,
         autoencoder: Optional[str] = None,
         sampling: DiffusionSampling = DiffusionSampling(),
+        text_vocabulary: Optional[Sequence[str]] = None,
     ) -> None:
         if autoencoder is not None and bpd_timesteps > 0:
             raise ConfigError(
@@ -152,6 +158,7 @@ class Diffusion(DenoisingModule):
             seed,
             autoencoder,
             sampling,
+            text_vocabulary,
         )
         self.bpd_timesteps, self.test_bpd_timesteps = bpd_timesteps, test_bpd_timesteps
 
@@ -160,18 +167,18 @@ class Diffusion(DenoisingModule):
             self.register_buffer(name, value.float(), persistent=False)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, y = batch  # (B, C, H, W) in [-1, 1], (B,)
-        x0 = self._encode_batch(x0)  # the latents, with an autoencoder
+        # (B, C, H, W) latents with an autoencoder, (B,) labels and the captions' context, both
+        # dropped for classifier-free guidance
+        x0, y, context = self._inputs(batch, train=True)
         B, trainer = x0.shape[0], self._trainer  # None when called outside a Trainer
-        y = self._drop_labels(y)  # classifier-free guidance
         # t and noise: this rank's slice of a world-sized draw, so ranks seeded alike differ.
         t = paradigm.this_rank(
             lambda n: torch.randint(0, self.num_timesteps, (n,), device=x0.device), B, trainer
         )
         eps = paradigm.this_rank(lambda n: torch.randn((n, *x0.shape[1:]), device=x0.device), B, trainer)
-        terms = self._loss_terms(x0, y, t, eps.to(x0))
+        terms = self._loss_terms(x0, y, t, eps.to(x0), context)
         for name, value in terms.items():
-            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss")
+            self.log(f"train/{name}", value.mean(), prog_bar=name == "loss", batch_size=B)
         return terms["loss"].mean()
 
     @torch.no_grad()
@@ -195,7 +202,8 @@ class Diffusion(DenoisingModule):
         settings = self.sampling.replace(**options)
         sampler = settings.sampler
         shape = (n, *self.net_shape)
-        model_fn = self._model_fn(labels_of(self, cond), settings.guidance_scale)
+        labels, context = self._sampling_conditions(n, cond, settings)
+        model_fn = self._model_fn(labels, settings.guidance_scale, context)
         clip_denoised = settings.clip_denoised and self.first_stage is None  # latents are not in [-1, 1]
         common = dict(
             prediction=self.hparams.prediction,
@@ -249,19 +257,21 @@ class Diffusion(DenoisingModule):
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """``<stage>/loss`` (and the bound, if asked) with t and noise fixed per batch index, so the
         curve measures the model, not the dice; distinct per rank, as in training."""
-        x0, y = batch
-        x0 = self._encode_batch(x0)  # the latents, with an autoencoder (and no bound then)
+        x0, y, context = self._inputs(batch, train=False)  # latents with an autoencoder (no bound then)
         generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0)
-        terms = self._loss_terms(x0, y, t, eps)
-        self.log(f"{stage}/loss", terms["loss"].mean(), prog_bar=stage == "val", sync_dist=True)
-        self._log_bpd(stage, x0, y, generator=generator)
+        terms = self._loss_terms(x0, y, t, eps, context)
+        B = x0.shape[0]  # given: Lightning cannot infer it from a batch holding captions
+        self.log(f"{stage}/loss", terms["loss"].mean(), prog_bar=stage == "val", sync_dist=True, batch_size=B)
+        self._log_bpd(stage, x0, y, generator=generator, context=context)
 
-    def _loss_terms(self, x0: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> dict[str, Tensor]:
+    def _loss_terms(
+        self, x0: Tensor, y: Optional[Tensor], t: Tensor, eps: Tensor, context: Any = None
+    ) -> dict[str, Tensor]:
         """Per-example L_simple (DDPM eq. 14) at steps t (B,) with noise eps: {"loss": (B,), "mse": (B,)}."""
         x_t = q_sample(x0, t, eps, self.alpha_bar)  # (B, C, H, W)
-        out = self(x_t, t, y)  # (B, C, H, W)
+        out = self(x_t, t, y, context)  # (B, C, H, W)
         target = prediction_target(self.hparams.prediction, x0, eps, extract(self.alpha_bar, t, x0.ndim))
         return diffusion_loss(
             out,
@@ -271,7 +281,9 @@ class Diffusion(DenoisingModule):
             min_snr_gamma=self.hparams.min_snr_gamma,
         )
 
-    def _log_bpd(self, stage: str, x0: Tensor, y: Tensor, generator: torch.Generator) -> None:
+    def _log_bpd(
+        self, stage: str, x0: Tensor, y: Optional[Tensor], generator: torch.Generator, context: Any = None
+    ) -> None:
         """Log the DDPM bound as ``<stage>/bpd`` and ``<stage>/nll_nats`` if asked for that stage.
 
         A class-conditional model reports the conditional NLL -log p(x | y) (guidance off). A model of
@@ -281,7 +293,7 @@ class Diffusion(DenoisingModule):
         if timesteps <= 0 or self.first_stage is not None:
             return
         bound = vlb_terms(
-            self._model_fn(y if self.num_classes > 0 else None, 0.0),
+            self._model_fn(y, 0.0, context),
             x0,
             dict(self.named_buffers(recurse=False)),  # the schedule_tensors buffers
             self.hparams.prediction,
@@ -291,5 +303,6 @@ class Diffusion(DenoisingModule):
             generator=generator,
         )
         bpd = bound["total_bpd"].mean()
-        self.log(f"{stage}/bpd", bpd, sync_dist=True)
-        self.log(f"{stage}/nll_nats", bpd * x0[0].numel() * math.log(2.0), sync_dist=True)
+        B = x0.shape[0]
+        self.log(f"{stage}/bpd", bpd, sync_dist=True, batch_size=B)
+        self.log(f"{stage}/nll_nats", bpd * x0[0].numel() * math.log(2.0), sync_dist=True, batch_size=B)

@@ -56,10 +56,28 @@ def describe(
         "num_classes": num_classes,
         "null_label": num_classes if num_classes > 0 and isinstance(module, DenoisingModule) else None,
         "class_names": list(getattr(module, "class_names", None) or []) or None,
+        **_text(module),
         **contents,
         "sampler": sampler(module),
     }
     return document
+
+
+def _text(module: LightningModule) -> dict[str, Any]:
+    """A text-conditional module's tokenizer: the caption words (word i has id i + 1; None: UTF-8
+    bytes, byte b has id b + 1), the encoder's max_length; 0 pads. Nothing for other modules."""
+    text = getattr(module, "text", None)
+    if text is None:
+        return {}
+    vocabulary = module.hparams.get("text_vocabulary")
+    return {
+        "text": {
+            "tokenizer": "words" if vocabulary is not None else "bytes",
+            "vocabulary": list(vocabulary) if vocabulary is not None else None,
+            "max_length": int(text.encoder.max_length),
+            "words": 'lower case, split on whitespace and , ; : . ! ? ( ) "',
+        }
+    }
 
 
 def sampler(module: LightningModule) -> dict[str, Any]:

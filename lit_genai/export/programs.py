@@ -114,6 +114,26 @@ class Program:
 # ---------------------------------------------------------------------- the wrappers
 
 
+class TextDenoiser(nn.Module):
+    """A text-conditional denoiser with its text encoder, as ``sample()`` runs them:
+    x, t, caption token ids (B, L) (0 = padding) -> the denoiser's output. The encoder runs inside,
+    so the program takes what the tokenizer gives (``export.json``'s ``text`` says how to tokenize)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, t: Tensor, ids: Tensor) -> Tensor:
+        return self.net(x, t, context=self.net.text_encoder(ids, ids != 0))
+
+
+class LabelledTextDenoiser(TextDenoiser):
+    """``TextDenoiser`` of a class- and text-conditional network: x, t, y, ids -> output."""
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, ids: Tensor) -> Tensor:  # type: ignore[override]
+        return self.net(x, t, y, context=self.net.text_encoder(ids, ids != 0))
+
+
 class Generator(nn.Module):
     """A GAN generator as ``GAN.sample`` uses it: z (B, Z)[, y (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
@@ -220,7 +240,21 @@ def _denoiser(module: DenoisingModule) -> Program:
         "x", (BATCH, C, H, W), torch.float32, "noisy input x_t" + (" (latents)" if module.first_stage else "")
     )
     inputs = (x, t) + ((_labels(module.num_classes, null=True),) if module.num_classes > 0 else ())
-    return Program("denoiser", module.net, inputs, TensorSpec("out", x.shape, torch.float32, out))
+    output = TensorSpec("out", x.shape, torch.float32, out)
+    if module.text is None:
+        return Program("denoiser", module.net, inputs, output)
+    encoder = module.net.text_encoder
+    vocabulary = module.hparams.get("text_vocabulary")
+    tokens = "UTF-8 bytes + 1" if vocabulary is None else "word i of the text_vocabulary in export.json + 1"
+    ids = TensorSpec(
+        "ids",
+        (BATCH, int(encoder.max_length)),
+        torch.int64,
+        f"caption token ids ({tokens}; 0 pads, all 0 = the empty caption of guidance)",
+        high=int(encoder.vocab_size),
+    )
+    wrapper = LabelledTextDenoiser if module.num_classes > 0 else TextDenoiser
+    return Program("denoiser", wrapper(module.net), (*inputs, ids), output)
 
 
 def _images(shape: tuple[int, ...], what: str) -> TensorSpec:

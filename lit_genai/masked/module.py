@@ -15,8 +15,18 @@ Sampling: ``lit_genai.masked.sampling.maskgit_decode`` from an all-[MASK] sequen
 ``block_size`` tokens, or from a prompt with holes: text where ``hole`` characters mark the
 positions to fill (the positions after the prompt, up to ``block_size``, are filled too).
 
+Text-to-image (Muse, Chang et al. 2023, sec. 2.2: MaskGIT conditioned on a caption through
+cross-attention): with a network whose ``text_encoder`` is set (``GPT(text_encoder=...)``) the module
+uses the ``text`` condition (``lit_genai.text_condition``): batches ``(tokens, attrs or labels,
+captions)`` (``data.tokens.ImageTokens`` over captioned images) are tokenized with the data's
+``text_vocabulary``, dropped to the empty caption with ``p_uncond``'s probability for ``text``,
+encoded and passed to the network as ``context``; ``sample(n, cond={"text": captions})`` draws
+for captions, guided by ``guidance`` against the empty caption. Without a ``text`` condition,
+samples take the ``caption`` setting (sample i: caption i % len), not ``prompt``, which here means
+the sequence's own known tokens.
+
 The network is injected (``net``: ``lit_genai.nn.transformer.GPT`` with ``causal: false``,
-``(idx (B, N), cond (B,) or None) -> (B, N, V + 1)``); it keeps the generative-module contract
+``(idx (B, N), cond (B,) or None, context=None) -> (B, N, V + 1)``); it keeps the generative-module contract
 (docs/architecture.md, "Generative modules"). The optimiser groups, nanoGPT's LR schedule,
 ``compile``, ``init_from`` and the vocabulary text are ``lit_genai.token_models.TokenTraining``'s,
 shared with ``ar.module.NextToken``.
@@ -43,11 +53,13 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm
-from lit_genai.conditions import Cond, DropoutProbability, condition_dropout, drop_labels, labels_of
+from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.masked.sampling import maskgit_decode
 from lit_genai.masked.schedules import Schedule, num_to_mask
+from lit_genai.nn.cross_attention import TextContext
+from lit_genai.text_condition import TextCondition, prompts_for, text_encoder_of
 from lit_genai.token_models import TokenTraining
 
 Prompt = Union[str, Sequence[int], Tensor, None]
@@ -73,6 +85,10 @@ class MaskedSampling(paradigm.SamplingSettings):
             the positions after it up to ``block_size``; or token ids (the [MASK] id or a negative
             id is a hole). None: every position is generated.
         hole: The prompt character that marks a position to fill (it cannot then stand for itself).
+        caption: The caption(s) of samples drawn without a ``text`` condition, for a text-conditional
+            model: one string, or a list whose entry i % len sample i takes (``predict`` writes which
+            in ``prompts.txt``). None: the empty caption (unconditional). Not ``prompt``, which is
+            the sequence's own tokens here (the diffusion modules call their caption ``prompt``).
     """
 
     steps: int = 8
@@ -82,6 +98,7 @@ class MaskedSampling(paradigm.SamplingSettings):
     guidance: float = 0.0
     prompt: Optional[Union[str, list[int]]] = None  # sample(prompt=...) also takes a tensor of ids
     hole: str = "_"
+    caption: Optional[Union[str, list[str]]] = None
 
 
 def random_masks(counts: Tensor, scores: Tensor) -> Tensor:
@@ -106,7 +123,8 @@ class MaskedTokens(TokenTraining, LightningModule):
         net: ``(idx (B, N) int64, cond (B,) int64 or None) -> logits (B, N, vocab_size + 1)``, a
             bidirectional network: ``lit_genai.nn.transformer.GPT`` with ``causal: false`` and
             ``vocab_size`` = the data's + 1 (the last id is [MASK]). A class-conditional net gets
-            the batch's labels, and the null label ``num_classes`` when they are dropped.
+            the batch's labels, and the null label ``num_classes`` when they are dropped. A net with a
+            ``text_encoder`` gets the captions' ``context`` (module docstring).
         vocab_size: The data's number of token ids V (without [MASK]); linked from the data module.
         block_size: Tokens per sequence N; linked from the data. Samples have this length.
         num_classes: Classes the data offers (0 = unlabelled); linked from the data module. The
@@ -120,8 +138,8 @@ class MaskedTokens(TokenTraining, LightningModule):
         label_smoothing: Label smoothing of the training cross-entropy (MaskGIT's reference training
             uses 0.1); validation and test report the plain NLL.
         p_uncond: Probability of replacing a training condition by its null value (classifier-free
-            guidance, Ho & Salimans 2022; ``label``: the null label), one for every condition the
-            model uses or one per name; only for a class-conditional net.
+            guidance, Ho & Salimans 2022; ``label``: the null label; ``text``: the empty caption),
+            one for every condition the model uses or one per name; only for a conditional net.
         optimizer: Optimiser of the network, on two parameter groups (``weight_decay``; MaskGIT:
             Adam with betas (0.9, 0.96)).
         weight_decay: Weight decay of the weights of linear and convolution layers; biases, norms
@@ -135,6 +153,9 @@ class MaskedTokens(TokenTraining, LightningModule):
         init_from: A lit_genai checkpoint whose ``net.*`` weights are loaded before training.
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
         sampling: Inference-time settings (``MaskedSampling``); kept out of checkpoints.
+        text_vocabulary: The words of the data's captions (linked from the data), which a text
+            encoder without a tokenizer of its own reads; None: UTF-8 bytes. Kept in checkpoints, so
+            captions are tokenized without the data.
     """
 
     ema_target = "net"
@@ -161,6 +182,7 @@ class MaskedTokens(TokenTraining, LightningModule):
         init_from: Optional[str] = None,
         seed: int = 0,
         sampling: MaskedSampling = MaskedSampling(),
+        text_vocabulary: Optional[list[str]] = None,
     ) -> None:
         super().__init__()
         save_plain_hyperparameters(self, objects=("net", "optimizer"))
@@ -172,6 +194,16 @@ class MaskedTokens(TokenTraining, LightningModule):
         self.optimizer = optimizer
         self.sampling = sampling
         self.conditions = paradigm.conditions_of(self.num_classes)
+        encoder = text_encoder_of(net)
+        self.text: Optional[TextCondition] = None
+        if encoder is not None:
+            self.text = TextCondition(encoder, text_vocabulary, "model.net")
+            self.conditions = (*self.conditions, "text")
+            caption = sampling.caption
+            if caption:  # a word the encoder does not know: one line now, before predict clears its folder
+                self.text.tokenize(
+                    [caption] if isinstance(caption, str) else list(caption), torch.device("cpu")
+                )
         self._dropout = condition_dropout(p_uncond, self.conditions, "model")
         self._check(net)
         self._eval_total: Optional[Tensor] = None  # (3,): summed NLL, correct, masked tokens
@@ -209,19 +241,23 @@ class MaskedTokens(TokenTraining, LightningModule):
 
     # ------------------------------------------------------------------ training and evaluation
 
-    def forward(self, idx: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """(B, N) token ids with [MASK]s, (B,) labels -> logits (B, N, V) of the data's tokens."""
-        return self._logits(self._training_net(), idx, cond)
+    def forward(
+        self, idx: Tensor, cond: Optional[Tensor] = None, context: Optional[TextContext] = None
+    ) -> Tensor:
+        """(B, N) token ids with [MASK]s, (B,) labels, the captions' context -> logits (B, N, V) of
+        the data's tokens."""
+        return self._logits(self._training_net(), idx, cond, context)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        tokens, c = self._unpack(batch)  # (B, N), (B,) or None
+        tokens, c, captions = self._unpack(batch)  # (B, N), (B,) or None, B strings or None
         B, N = tokens.shape
         trainer = self._trainer  # None outside a Trainer
         c = drop_labels(c, self._dropout, self.num_classes, trainer)  # classifier-free guidance
+        context = self._context(captions, tokens.device, train=True)  # captions dropped likewise
         r = paradigm.this_rank(lambda n: torch.rand(n, device=tokens.device), B, trainer)  # (B,)
         scores = paradigm.this_rank(lambda n: torch.rand((n, N), device=tokens.device), B, trainer)
         masked = random_masks(num_to_mask(r, N, self.hparams.schedule), scores)  # (B, N)
-        logits = self(torch.where(masked, self.mask_id, tokens), c)  # (B, N, V)
+        logits = self(torch.where(masked, self.mask_id, tokens), c, context)  # (B, N, V)
         loss = F.cross_entropy(
             logits[masked].float(), tokens[masked], label_smoothing=self.hparams.label_smoothing
         )  # mean over the masked tokens of the batch
@@ -270,9 +306,10 @@ class MaskedTokens(TokenTraining, LightningModule):
         """Draw ``n`` sequences of ``block_size`` token ids (n, N) by MaskGIT decoding.
 
         ``cond``: ``{"label": (n,)}`` (or the bare labels) of a class-conditional model (None: the
-        null label, without guidance). ``options``: ``MaskedSampling`` fields, defaulting to
-        ``self.sampling`` (``prompt``: text with holes or token ids; its known tokens stay where
-        they are). The same ``generator`` seed gives the same sequences; it may also be one
+        null label, without guidance); ``{"text": n captions}`` of a text-conditional one (none:
+        the ``caption`` setting, else the empty caption). ``options``: ``MaskedSampling`` fields,
+        defaulting to ``self.sampling`` (``prompt``: text with holes or token ids; its known tokens
+        stay where they are). The same ``generator`` seed gives the same sequences; it may also be one
         generator per sample (``paradigm.sample_generators``).
         """
         settings = self.sampling.replace(**options)
@@ -280,19 +317,10 @@ class MaskedTokens(TokenTraining, LightningModule):
         given = self.encode_prompt(settings.prompt, settings.hole)  # (N0,)
         start[: given.numel()] = given
         tokens = start.to(self.device).expand(n, -1).contiguous()  # (n, N)
-        guidance, labels = (
-            settings.guidance,
-            labels_of(self, cond),
-        )
-        if self.num_classes > 0:
-            if labels is None:  # unconditional samples: the null label, for which guidance is void
-                labels, guidance = torch.full((n,), self.num_classes), 0.0
-            labels = labels.to(self.device, torch.long)
-        else:
-            labels = None
         with paradigm.eval_mode(self.net):
+            condition, null, guidance = self._sampling_conditions(n, cond, settings)
             return maskgit_decode(
-                lambda idx, c: self._logits(self.net, idx, c),
+                lambda idx, c: self._logits(self.net, idx, *(c or (None, None))),
                 tokens,
                 mask_id=self.mask_id,
                 steps=settings.steps,
@@ -301,8 +329,8 @@ class MaskedTokens(TokenTraining, LightningModule):
                 temperature=settings.temperature,
                 top_k=settings.top_k,
                 guidance=guidance,
-                cond=labels,
-                null_label=self.num_classes if self.num_classes > 0 else None,
+                cond=condition,
+                null_cond=null,
                 generator=generator,
                 progress=progress,
             )  # (n, N)
@@ -336,7 +364,71 @@ class MaskedTokens(TokenTraining, LightningModule):
             )
         return torch.tensor(ids, dtype=torch.long)
 
+    def prompts(self, indices: Sequence[int]) -> Optional[list[str]]:
+        """The caption of each sample index that ``predict`` draws (the ``caption`` setting, cycled;
+        ``paradigm.predict_step``), or None (a model without text, or no caption set)."""
+        return prompts_for(self.sampling.caption, indices) if self.text is not None else None
+
     # ------------------------------------------------------------------ helpers
+
+    def _context(
+        self, captions: Optional[Sequence[str]], device: torch.device, train: bool
+    ) -> Optional[TextContext]:
+        """A batch's captions -> their ``TextContext`` (None for a model without text); in training,
+        each caption becomes the empty one with ``p_uncond``'s probability for ``text``."""
+        if self.text is None:
+            return None
+        if captions is None:
+            raise ConfigError(
+                "the model is text-conditional but its batches carry no captions: use captioned data "
+                "(batches (tokens, y, captions), e.g. data.tokens.ImageTokens over CaptionedShapes), "
+                "or a network without a text_encoder"
+            )
+        ids, mask = self.text.tokenize(captions, device)  # (B, L) each
+        if train:
+            ids, mask = self.text.drop(ids, mask, self._dropout, self._trainer)
+        return self.text.encode(ids, mask)
+
+    def _sampling_conditions(self, n: int, cond: Cond, settings: MaskedSampling) -> tuple[Any, Any, float]:
+        """``sample()``'s ``cond`` -> (the condition of ``maskgit_decode``: (labels (n,) or None, text
+        context or None), or None for an unconditional model; its null, the null labels and the
+        empty captions; the guidance weight, 0 when only null conditions are asked for)."""
+        named = as_conditions(cond, self.conditions, f"{type(self).__name__}.sample()")
+        labels, null_labels, conditioned = named.get("label"), None, False
+        if self.num_classes > 0:
+            conditioned = labels is not None
+            if labels is None:  # unconditional samples: the null label
+                labels = torch.full((n,), self.num_classes)
+            labels = labels.to(self.device, torch.long)
+            null_labels = torch.full_like(labels, self.num_classes)
+        else:
+            labels = None
+        context = self._sampling_context(n, named.get("text"), settings.caption)
+        if labels is None and context is None:
+            return None, None, settings.guidance  # maskgit_decode refuses guidance then
+        if not (conditioned or bool(context is not None and context.mask.any())):
+            return (labels, context), None, 0.0  # null conditions only: guidance is void
+        null_context = None
+        if context is not None and settings.guidance != 0:
+            null_context = self.text.null(n, self.device)  # the empty captions
+        return (labels, context), (null_labels, null_context), settings.guidance
+
+    def _sampling_context(
+        self, n: int, text: Any, caption: Union[str, list[str], None]
+    ) -> Optional[TextContext]:
+        """``sample()``'s captions (or the ``caption`` setting, sample j taking caption j % len; none:
+        the empty caption) -> their context; None for a model without text."""
+        if self.text is None:
+            if caption:
+                raise ConfigError(
+                    "model.sampling.caption needs a text-conditional model (a network with a text_encoder)"
+                )
+            return None
+        if text is None:
+            text = prompts_for(caption, range(n)) or [""] * n
+        if len(text) != n:
+            raise ConfigError(f"{type(self).__name__}.sample(): {len(text)} captions for {n} samples")
+        return self.text.encode(*self.text.tokenize(text, self.device))
 
     def _text_ids(self, prompt: str, hole: str) -> list[int]:
         """Text with ``hole`` characters -> ids, a [MASK] at each hole."""
@@ -356,26 +448,35 @@ class MaskedTokens(TokenTraining, LightningModule):
             ids.extend(self._encode_text(piece) if piece else [])
         return ids
 
-    def _logits(self, net: nn.Module, idx: Tensor, cond: Optional[Tensor]) -> Tensor:
+    def _logits(
+        self, net: nn.Module, idx: Tensor, cond: Optional[Tensor], context: Optional[TextContext] = None
+    ) -> Tensor:
         """The logits of the data's V tokens; the net's last output, [MASK], is sliced off."""
-        out = net(idx, cond) if self.num_classes > 0 else net(idx)  # (B, N, V + 1)
+        args = (idx, cond) if self.num_classes > 0 else (idx,)
+        out = net(*args, context=context) if self.text is not None else net(*args)  # (B, N, V + 1)
         return out[..., : self.vocab_size]
 
-    def _unpack(self, batch: Any) -> tuple[Tensor, Optional[Tensor]]:
-        """A plain (B, N) tensor, (tokens (B, N), labels (B,)) or text (x, y[, c]) -> tokens, labels
-        (None when unlabelled or the net is unconditional)."""
+    def _unpack(self, batch: Any) -> tuple[Tensor, Optional[Tensor], Optional[Sequence[str]]]:
+        """A plain (B, N) tensor, (tokens (B, N), labels (B,)), captioned tokens for a text model
+        (tokens, labels or attributes (B, A), B captions or their (B, L) ids) or text (x, y[, c])
+        -> tokens, labels (None when unlabelled or the net is unconditional), captions (None
+        without)."""
         if isinstance(batch, Tensor):
-            return batch, None
-        if batch[1].dim() == 1:  # a sequence batch (docs/architecture.md, "Batches")
+            return batch, None, None
+        captions = None
+        if self.text is not None and len(batch) > 2:  # captions: strings or (B, L) caption ids
+            tokens, c, captions = batch[0], batch[1] if batch[1].dim() == 1 else None, batch[2]
+        elif batch[1].dim() == 1:  # a sequence batch (docs/architecture.md, "Batches")
             tokens, c = batch[0], batch[1]
         else:  # text pairs: x is the sequence, y (x shifted) is not needed
             tokens, c = batch[0], batch[2] if len(batch) > 2 else None
-        return tokens, c if self.num_classes > 0 else None
+        return tokens, c if self.num_classes > 0 else None, captions
 
     def _accumulate(self, batch: Any, batch_idx: int) -> None:
-        tokens, c = self._unpack(batch)
+        tokens, c, captions = self._unpack(batch)
         masked = self.eval_masks(tokens, batch_idx)  # (B, N)
-        logits = self(torch.where(masked, self.mask_id, tokens), c)[masked].float()  # (M, V)
+        context = self._context(captions, tokens.device, train=False)
+        logits = self(torch.where(masked, self.mask_id, tokens), c, context)[masked].float()  # (M, V)
         target = tokens[masked]
         nll = F.cross_entropy(logits, target, reduction="sum")
         correct = (logits.argmax(-1) == target).sum().to(nll)

@@ -3,8 +3,10 @@
 Start from a sequence whose unknown positions hold the [MASK] id; at step t = 0 .. T - 1:
 
 1. predict: logits of every position from the current sequence (with classifier-free guidance,
-   l = l_cond + w (l_cond - l_uncond), Ho & Salimans 2022 eq. 6 on logits; w = 0 is plain
-   conditional decoding and runs no unconditional pass);
+   l = l_cond + w (l_cond - l_uncond), Ho & Salimans 2022 eq. 6 on logits, both passes as one
+   batch; w = 0 is plain conditional decoding and runs no unconditional pass). The condition is
+   whatever ``logits_fn`` reads, batch first: labels (B,), a text context, or a tuple of them; the
+   unconditional pass gets ``null_cond`` (the null label, the empty captions' context);
 2. sample: a token for every masked position from the logits after temperature / top-k
    (``lit_genai.ar.sampling.filter_logits``); its confidence is the model's probability of it,
    softmax(l) at the token, as in the reference decoder (so a greedy draw still ranks positions);
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -42,8 +44,22 @@ from lit_genai.ar.sampling import check_options, filter_logits
 from lit_genai.errors import ConfigError
 from lit_genai.masked.schedules import Schedule, mask_schedule
 
-LogitsFn = Callable[[Tensor, Optional[Tensor]], Tensor]
-"""(tokens (B, N) int64, labels (B,) int64 or None) -> logits (B, N, V)."""
+LogitsFn = Callable[[Tensor, Any], Tensor]
+"""(tokens (B, N) int64, condition) -> logits (B, N, V); the condition: (B,) int64 labels, None, or
+any tensors with the batch first (a tuple, a ``TextContext``: ``cat_conditions``)."""
+
+
+def cat_conditions(first: Any, second: Any) -> Any:
+    """Two conditions of the same structure stacked along the batch: tensors (B, ...) -> (2B, ...),
+    inside tuples (named ones keep their type) and dicts; None stays None."""
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat([first, second])
+    if isinstance(first, dict):
+        return {k: cat_conditions(v, second[k]) for k, v in first.items()}
+    parts = [cat_conditions(a, b) for a, b in zip(first, second, strict=True)]
+    return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
 
 
 def uniform_rows(shape: tuple[int, int], generator: paradigm.Generators, device: torch.device) -> Tensor:
@@ -110,8 +126,9 @@ def maskgit_decode(
     temperature: float = 1.0,
     top_k: Optional[int] = None,
     guidance: float = 0.0,
-    cond: Optional[Tensor] = None,
+    cond: Any = None,
     null_label: Optional[int] = None,
+    null_cond: Any = None,
     generator: paradigm.Generators = None,
     progress: bool = False,
 ) -> Tensor:
@@ -129,8 +146,12 @@ def maskgit_decode(
         temperature: softmax temperature of the token draws (0: the most likely token).
         top_k: draw among the k most likely tokens only (None: all).
         guidance: classifier-free guidance weight w (0: conditional decoding, no unconditional pass).
-        cond: (B,) int64 labels of a class-conditional ``logits_fn``, else None.
-        null_label: the label of the unconditional pass (needed when ``guidance`` is not 0).
+        cond: what ``logits_fn`` is conditioned on: (B,) int64 labels of a class-conditional one, any
+            batch-first tensors (``LogitsFn``), or None.
+        null_label: the label of the unconditional pass, for labels ``cond``.
+        null_cond: the condition of the unconditional pass, the structure of ``cond`` (instead of
+            ``null_label``: a text context, labels and text). One of the two is needed when
+            ``guidance`` is not 0.
         generator: one ``torch.Generator`` for the batch or one per row, or None (the global one).
         progress: show a tqdm bar over the steps.
 
@@ -144,11 +165,13 @@ def maskgit_decode(
         raise ConfigError(f"steps={steps}: masked decoding needs at least one step")
     if choice_temperature < 0:
         raise ConfigError(f"choice_temperature={choice_temperature} must be >= 0 (MaskGIT: 4.5)")
-    if guidance != 0 and (cond is None or null_label is None):
+    if guidance != 0 and (cond is None or (null_label is None and null_cond is None)):
         raise ConfigError(
-            f"guidance={guidance} needs a class-conditional model and labels: set guidance 0 "
-            "or train a net with num_classes > 0"
+            f"guidance={guidance} needs a class-conditional model and labels (or a text-conditional "
+            "one and captions): set guidance 0 or train a conditional net"
         )
+    if guidance != 0 and null_cond is None:
+        null_cond = torch.full_like(cond, null_label)
     B, N = tokens.shape
     paradigm._per_sample(generator, B)  # one generator per row: check the count before any work
     seq = tokens.long().clone()
@@ -158,7 +181,7 @@ def maskgit_decode(
         unknown = seq == mask_id  # (B, N)
         if not bool(unknown.any()):
             break
-        logits = _guided_logits(logits_fn, seq, cond, guidance, null_label)  # (B, N, V) float32
+        logits = _guided_logits(logits_fn, seq, cond, guidance, null_cond)  # (B, N, V) float32
         if 0 <= mask_id < logits.shape[-1]:
             logits[..., mask_id] = float("-inf")  # [MASK] is never a prediction
         u = uniform_rows((B, 2 * N), generator, seq.device)  # (B, 2N): token draws, then choice noise
@@ -178,13 +201,10 @@ def maskgit_decode(
     return seq
 
 
-def _guided_logits(
-    logits_fn: LogitsFn, seq: Tensor, cond: Optional[Tensor], guidance: float, null_label: Optional[int]
-) -> Tensor:
+def _guided_logits(logits_fn: LogitsFn, seq: Tensor, cond: Any, guidance: float, null_cond: Any) -> Tensor:
     """l_cond + w (l_cond - l_uncond) in float32, the two passes as one batch of 2B; w = 0: l_cond."""
     if guidance == 0:
         return logits_fn(seq, cond).float()
-    null = torch.full_like(cond, null_label)
-    both = logits_fn(torch.cat([seq, seq]), torch.cat([cond, null])).float()  # (2B, N, V)
+    both = logits_fn(torch.cat([seq, seq]), cat_conditions(cond, null_cond)).float()  # (2B, N, V)
     l_cond, l_uncond = both.chunk(2)
     return l_cond + guidance * (l_cond - l_uncond)

@@ -8,6 +8,8 @@
   the torch hub cache.
 - ``DomainFeatures``: a ``lit_genai.metrics.classifier.network.DomainClassifier`` trained on the data's own
   domain (penultimate features, class logits); ``"mnist"`` ships inside the package.
+- ``AttributeFeatures``: a ``lit_genai.metrics.attributes.AttributeClassifier`` (one head per attribute,
+  trained on ``CaptionedShapes``): penultimate features, and per-attribute logits for ``attr_acc``.
 
 Every extractor takes uint8 images (B, C, H, W) in [0, 255]: the protocol quantises generated
 images as real ones are stored (``lit_genai.media.to_uint8``), and each extractor maps
@@ -15,19 +17,21 @@ them to its own input range. ``name`` goes into metric keys (``val/fid_<name>``)
 from different extractors are not comparable (docs/architecture.md, "Metric names").
 
 Shape legend: B batch, C channels, H/W spatial, D features (``num_features``), K logits
-(``num_classes``).
+(``num_classes``), K_a values of attribute a.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError, DataNotFoundError
+from lit_genai.metrics.attributes.network import AttributeClassifier, is_attribute_state
 from lit_genai.metrics.classifier.export import load_classifier_state
 from lit_genai.metrics.classifier.network import DomainClassifier
 
@@ -71,6 +75,20 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
 
+def trained_input(images: Tensor, name: str, expected_shape: tuple[int, ...], what: str, fix: str) -> Tensor:
+    """A classifier-extractor's input: uint8 images (B, C, H, W) of the ``expected_shape`` it was
+    trained on (one ``ConfigError`` line otherwise, ``fix`` saying what to use) -> float in [-1, 1],
+    as in its training."""
+    check_uint8(images, name)
+    actual = tuple(images.shape[1 : 1 + len(expected_shape)])
+    if actual != expected_shape:
+        raise ConfigError(
+            f"the {name!r} {what} was trained on {list(expected_shape)} images, "
+            f"got {list(images.shape[1:])}; {fix}"
+        )
+    return images.float() / 127.5 - 1  # (B, C, H, W)
+
+
 def check_uint8(images: Tensor, name: str) -> None:
     """Enforce the input contract: (B, C, H, W) uint8 in [0, 255]."""
     if images.dtype != torch.uint8 or images.dim() != 4:
@@ -103,14 +121,13 @@ class DomainFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        check_uint8(images, self.name)
-        actual = tuple(images.shape[1 : 1 + len(self.expected_shape)])
-        if actual != self.expected_shape:
-            raise ConfigError(
-                f"the {self.name!r} feature extractor was trained on {list(self.expected_shape)} images, "
-                f"got {list(images.shape[1:])}; use the extractor of your data set or 'inception'"
-            )
-        x = images.float() / 127.5 - 1  # (B, C, H, W) in [-1, 1], as in training
+        x = trained_input(
+            images,
+            self.name,
+            self.expected_shape,
+            "feature extractor",
+            "use the extractor of your data set or 'inception'",
+        )
         features = self.net.features(x)  # (B, D)
         return features, self.net.head(features)  # (B, D), (B, K)
 
@@ -119,6 +136,96 @@ class DomainFeatures(FeatureExtractor):
         """Load a ``DomainClassifier`` state dict or a ``Classifier`` checkpoint; name = file stem."""
         state, sample_shape = load_classifier_state(path)
         return cls(DomainClassifier.from_state_dict(state), name or Path(path).stem, sample_shape)
+
+
+class AttributeFeatures(FeatureExtractor):
+    """Features (penultimate layer) and per-attribute logits of an ``AttributeClassifier``.
+
+    It has no single set of class logits (``num_classes`` 0: no Inception Score, no ``cond_acc``);
+    ``attribute_logits`` gives one (B, K_a) tensor per attribute instead, for ``attr_acc``.
+
+    Args:
+        net: The trained ``AttributeClassifier`` (images in [-1, 1]).
+        name: Name in metric keys (``fid_<name>``, ``attr_acc_<name>``): the checkpoint's file stem.
+        sample_shape: (C, H, W) the classifier was trained on; other images are refused. None: check
+            the channels only.
+        attribute_values: Attribute -> value names the heads were trained on (from the checkpoint),
+            so that data listing its values in another order is refused (``check_attributes``).
+    """
+
+    def __init__(
+        self,
+        net: AttributeClassifier,
+        name: str,
+        sample_shape: Optional[tuple[int, ...]] = None,
+        attribute_values: Optional[Mapping[str, Sequence[str]]] = None,
+    ) -> None:
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.name = name
+        self.expected_shape = tuple(sample_shape) if sample_shape is not None else (net.in_channels,)
+        self.num_features = net.feature_dim
+        self.attribute_values = (
+            {k: tuple(v) for k, v in attribute_values.items()} if attribute_values is not None else None
+        )
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """The attributes the heads read, in head order."""
+        return tuple(self.net.heads)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) uint8 -> (B, D) float32 features."""
+        return self.features_and_attribute_logits(images)[0]
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, H, W) uint8 -> ((B, D) features, (B, 0) logits): no single class set (see the class)."""
+        features = self(images)
+        return features, features.new_zeros(features.shape[0], 0)
+
+    def attribute_logits(self, images: Tensor) -> dict[str, Tensor]:
+        """(B, C, H, W) uint8 -> {attribute: (B, K_a) float32 logits}."""
+        return self.features_and_attribute_logits(images)[1]
+
+    @torch.no_grad()
+    def features_and_attribute_logits(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(B, C, H, W) uint8 -> ((B, D), {attribute: (B, K_a)}) from one pass through the network."""
+        x = trained_input(
+            images,
+            self.name,
+            self.expected_shape,
+            "attribute classifier",
+            "train one on your data's image size",
+        )
+        features = self.net.features(x)  # (B, D)
+        return features, self.net.classify(features)
+
+    def check_attributes(self, attribute_values: Mapping[str, Sequence[str]]) -> None:
+        """One ``ConfigError`` line unless every head reads an attribute of the data with its values
+        in the same order (the data's ``attribute_values``; the checkpoint's, when it has them)."""
+        trained = self.attribute_values or {}
+        for name, values in attribute_values.items():
+            known = trained.get(name)
+            if self.net.head_sizes.get(name) != len(values) or (known is not None and known != tuple(values)):
+                raise ConfigError(
+                    f"the attribute classifier {self.name!r} does not read the data's attribute {name!r} "
+                    f"with values {list(values)} (its heads: {trained or self.net.head_sizes}); train one on "
+                    "this data (experiments/eval/shapes_attributes.yaml)"
+                )
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path], name: Optional[str] = None) -> AttributeFeatures:
+        """Load an ``AttributeTraining`` checkpoint (EMA weights if kept) or an ``AttributeClassifier``
+        state dict; name = file stem. Loads with ``weights_only=True``."""
+        state, sample_shape = load_classifier_state(path)
+        values = _hyperparameters(path).get("attribute_values")
+        return cls(AttributeClassifier.from_state_dict(state), name or Path(path).stem, sample_shape, values)
+
+
+def _hyperparameters(path: Union[str, Path]) -> dict[str, Any]:
+    """The ``hyper_parameters`` of a Lightning checkpoint (empty for a plain state dict)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(data.get("hyper_parameters") or {}) if "state_dict" in data else {}
 
 
 def domain_extractor(name: str) -> DomainFeatures:
@@ -212,19 +319,25 @@ def find_inception_weights(weights_path: Optional[str] = None) -> Path:
 def get_extractor(name: str, weights_path: Optional[str] = None) -> FeatureExtractor:
     """Extractor by name: ``"inception"`` (``weights_path`` = its weights file), a shipped domain
     classifier (``"mnist"``; ``weights_path`` replaces the shipped weights), or the path of a
-    classifier state dict / ``Classifier`` checkpoint (named after the file's stem)."""
+    classifier state dict / ``Classifier`` checkpoint, or of an ``AttributeTraining`` checkpoint /
+    ``AttributeClassifier`` state dict (told apart by the attribute heads in the weights; named after
+    the file's stem)."""
     if name == "inception":
         return InceptionFeatures(weights_path)
     if name in SHIPPED:
         if weights_path is not None:
             return DomainFeatures.from_file(weights_path, name)
         return domain_extractor(name)
-    if Path(name).expanduser().is_file():
-        return DomainFeatures.from_file(Path(name).expanduser())
+    path = Path(name).expanduser()
+    if path.is_file():
+        state, sample_shape = load_classifier_state(path)
+        if is_attribute_state(state):
+            return AttributeFeatures.from_file(path)
+        return DomainFeatures(DomainClassifier.from_state_dict(state), path.stem, sample_shape)
     looks_like_path = "/" in name or Path(name).suffix in (".pt", ".pth", ".ckpt")
     raise ConfigError(
         f"unknown feature extractor {name!r}"
         + (" (no such file)" if looks_like_path else "")
         + f"; choose 'inception', {', '.join(repr(n) for n in SHIPPED)}, or the path of a "
-        "classifier state dict / lit_genai Classifier checkpoint"
+        "classifier state dict / lit_genai Classifier or AttributeTraining checkpoint"
     )

@@ -11,6 +11,11 @@ which are reassembled ("unpatchify"). The layer choices and the initialisation f
 code (``facebookresearch/DiT``, ``models.py``): LayerNorm without affine parameters (eps 1e-6),
 tanh-GELU MLPs, Xavier-uniform linear layers, N(0, 0.02) timestep-MLP and label-embedding weights.
 
+Text conditioning (as PixArt-alpha, Chen et al. 2023, adds to DiT): with a ``text_encoder``, every block
+is followed by cross-attention to the caption's tokens (``cross_attention.CrossAttention``, zero output
+projection) and the pooled caption vector is added to c; ``forward(x, t, y, context)``. Without one no
+such layer exists, so class-conditional and unconditional DiTs are unchanged.
+
 Shape legend: B batch, C channels, H = W = image_size, p patch_size, h = w = H / p, N = h * w
 tokens, D hidden_size, nh heads, Dh = D / nh head width.
 """
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.cross_attention import CrossAttention, PooledText, TextContext, check_context
 from lit_genai.nn.layers import check_labels
 
 FREQUENCY_EMBEDDING_SIZE = 256  # the paper's 256-dimensional timestep frequency embedding (Appendix A)
@@ -173,6 +179,8 @@ class DiT(nn.Module):
             timestep embedding takes the integer step of a T = 1000 schedule; other T are rescaled
             to t * 1000 / T so that the frequencies cover the same range (improved DDPM's
             ``rescale_timesteps``). Set it to ``model.init_args.num_timesteps``.
+        text_encoder: A text encoder whose context every block attends to (module docstring); None:
+            no text.
     """
 
     def __init__(
@@ -187,6 +195,7 @@ class DiT(nn.Module):
         num_classes: int = 0,
         learn_sigma: bool = False,
         num_timesteps: int = 1000,
+        text_encoder: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
@@ -223,6 +232,15 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self._init_weights()
+        # After _init_weights (its Xavier init would undo the zero output projections), and only with
+        # text, so a DiT without text is unchanged.
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            context_dim = int(text_encoder.width)
+            self.text_pool = PooledText(context_dim, hidden_size)
+            self.cross = nn.ModuleList(
+                CrossAttention(hidden_size, context_dim, num_heads) for _ in range(depth)
+            )
 
     def _init_weights(self) -> None:
         """DiT's ``initialize_weights``: Xavier linears, adaLN-Zero, zero output layer."""
@@ -246,8 +264,11 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)  # the output starts at zero
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """Predict from x (B, C, H, W), timesteps t (B,) and labels y (B,) int64 in [0, num_classes].
+    def forward(
+        self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, context: Optional[TextContext] = None
+    ) -> Tensor:
+        """Predict from x (B, C, H, W), timesteps t (B,), labels y (B,) int64 in [0, num_classes] and
+        the text encoder's ``context`` (None: no text).
 
         ``y=None`` means the null label for every item. An unconditional model (``num_classes == 0``)
         raises ValueError when given labels, rather than silently ignoring them.
@@ -264,7 +285,12 @@ class DiT(nn.Module):
         y = check_labels("DiT", self.num_classes, y, B, none_is_null=True, device=x.device)  # (B,) or None
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)  # (B, D)
-        for block in self.blocks:
+        check_context("DiT", self.text_encoder, context, B)
+        if context is not None:
+            c = c + self.text_pool(context.pooled)  # (B, D); + 0 for an empty caption
+        for i, block in enumerate(self.blocks):
             tokens = block(tokens, c)  # (B, N, D)
+            if context is not None:
+                tokens = self.cross[i](tokens, context)  # (B, N, D)
         out = self.final_layer(tokens, c)  # (B, N, p*p*C_out)
         return unpatchify(out, self.patch_size, self.out_channels)  # (B, C_out, H, W)

@@ -32,6 +32,17 @@ added to the token embedding at every position (rather than a prefix token, whic
 position of the context); the last row, label ``num_classes``, is the null label of classifier-free
 guidance (Ho & Salimans 2022).
 
+Text conditioning (``text_encoder``; MaskGIT over VQ tokens with a caption, as Muse, Chang et al.
+2023, sec. 2.2, does with cross-attention to a frozen T5): every block gets a cross-attention
+sub-block after its self-attention, x + gate · proj(attn(ln(x), context)) (``cross_attention.
+CrossAttention``, pre-LN, zero output projection, 0 for an empty caption), and the pooled caption
+vector is added to every position like the class embedding (``cross_attention.PooledText``, zero at
+init). ``forward(idx, cond, context=...)`` takes the text encoder's ``TextContext``; None or an
+all-padding context gives the output of no text, bit for bit. The new layers are built after the
+GPT-2 init (which would overwrite their zero projections) and only with a text encoder, so a GPT
+without one keeps its parameters, names, init draws and outputs. The cross-attention reads no cache:
+with a cache (a causal model), the context must have the cache's batch.
+
 Key/value cache (incremental decoding): ``init_cache`` allocates per-layer key and value buffers of
 ``block_size`` positions, a static cache (fixed shapes, as litgpt's ``KVCache`` and transformers'
 ``StaticCache``); ``forward(idx_new, cond, cache=cache)`` runs only the new tokens, at positions
@@ -60,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.cross_attention import CrossAttention, PooledText, TextContext, check_context
 from lit_genai.nn.layers import check_labels
 
 
@@ -214,7 +226,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block (GPT-2 sec. 2.3): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LayerNorm transformer block (GPT-2 sec. 2.3): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+
+    ``cross``: a ``CrossAttention`` to the text context between the two (set by ``GPT`` for a text
+    model; None: no such sub-block, and no parameters for it)."""
 
     def __init__(
         self,
@@ -231,6 +246,7 @@ class Block(nn.Module):
         self.attn = SelfAttention(n_embd, n_head, dropout, bias, causal, rope)
         self.ln_2 = nn.LayerNorm(n_embd, eps=1e-5, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
+        self.cross: Optional[CrossAttention] = None
 
     def forward(
         self,
@@ -239,8 +255,11 @@ class Block(nn.Module):
         kv: Optional[tuple[Tensor, Tensor]] = None,
         end: Optional[int] = None,
         mask: Optional[Tensor] = None,
+        context: Optional[TextContext] = None,
     ) -> Tensor:  # (B, t, D) -> (B, t, D); positions, kv, end, mask: as SelfAttention.forward
         x = x + self.attn(self.ln_1(x), positions, kv, end, mask)
+        if context is not None and self.cross is not None:
+            x = self.cross(x, context)  # residual inside; + 0 for an empty caption
         return x + self.mlp(self.ln_2(x))
 
 
@@ -261,6 +280,10 @@ class GPT(nn.Module):
         activation: ``"gelu"`` or ``"gelu_tanh"`` (GPT-2 checkpoints).
         rope: add rotary position embeddings to the attention (module docstring); for
             bidirectional models above all.
+        text_encoder: a text encoder (``nn.text_encoder.TextEncoder`` or one with its interface:
+            ``width``, ``max_length``, ``vocab_size``, ``frozen``) whose context every block attends to
+            and whose pooled vector is added at every position (module docstring); a submodule, so
+            a jointly trained one is optimised with the GPT. None: no text, no new layers.
     """
 
     def __init__(
@@ -276,6 +299,7 @@ class GPT(nn.Module):
         num_classes: int = 0,
         activation: Activation = "gelu",
         rope: bool = False,
+        text_encoder: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         for key, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer)):
@@ -310,6 +334,15 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections (GPT-2 sec. 2.3)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        # After the GPT-2 init (module docstring): it would overwrite the zero projections, and a GPT
+        # without text must draw the same numbers as before.
+        self.text_encoder = text_encoder
+        self.text_pool: Optional[PooledText] = None
+        if text_encoder is not None:
+            context_dim = int(text_encoder.width)
+            self.text_pool = PooledText(context_dim, n_embd)
+            for block in self.transformer.h:
+                block.cross = CrossAttention(n_embd, context_dim, n_head)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -323,6 +356,27 @@ class GPT(nn.Module):
         position embeddings (nanoGPT's count; the token embedding stays, as it is the output layer)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        """(B, T) token ids -> (B, T, D) the final LayerNorm's output, every position attending to the
+        real tokens only (``key_mask`` (B, T) bool, True at a real token; None: every token). What a
+        bidirectional text encoder gives (``nn.text_encoder.TextEncoder``); no class conditioning."""
+        B, T = idx.shape
+        if T > self.block_size:
+            raise ConfigError(f"GPT: got {T} tokens, more than block_size={self.block_size}")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, D)
+        mask = None
+        if key_mask is not None:
+            keys = key_mask | ~key_mask.any(dim=1, keepdim=True)  # an empty row reads every key
+            mask = torch.zeros(B, 1, 1, T, dtype=x.dtype, device=x.device).masked_fill(
+                ~keys[:, None, None, :], float("-inf")
+            )  # (B, 1, 1, T) additive
+            if self.causal:
+                mask = mask + torch.full((T, T), float("-inf"), device=x.device).triu(1).to(x.dtype)
+        for block in self.transformer.h:
+            x = block(x, pos, None, T, mask)
+        return self.transformer.ln_f(x)  # (B, T, D)
 
     def init_cache(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
@@ -349,6 +403,7 @@ class GPT(nn.Module):
         cond: Optional[Tensor] = None,
         cache: Optional[KVCache] = None,
         input_pos: Optional[Tensor] = None,
+        context: Optional[TextContext] = None,
     ) -> Tensor:
         """Next-token logits.
 
@@ -362,6 +417,8 @@ class GPT(nn.Module):
                 row or (B, T) one row each, each < ``block_size``: attention reads the whole cache,
                 masked to the positions <= each token's, and ``cache.length`` is left alone (the
                 exportable decode step, module docstring). Causal nets only.
+            context: the text encoder's ``TextContext`` of B captions (a net with a ``text_encoder``
+                only); None or empty captions: no text.
 
         Returns:
             (B, T, V) logits of the next token after each position of ``idx``.
@@ -396,6 +453,9 @@ class GPT(nn.Module):
         check_labels("GPT", self.num_classes, cond, B, allow_null=True, arg="cond")
         if self.class_emb is not None:
             x = x + self.class_emb(cond)[:, None, :]  # the class embedding at every position
+        check_context("GPT", self.text_encoder, context, B)
+        if context is not None:
+            x = x + self.text_pool(context.pooled)[:, None, :]  # (B, T, D); + 0 for an empty caption
         x = self.transformer.drop(x)
         mask = None  # None: causal over a chunk from position 0, or every key read for one new token
         if input_pos is not None:  # the whole buffer: the positions not yet written are masked
@@ -404,7 +464,7 @@ class GPT(nn.Module):
             mask = _cache_mask(pos, end, x.dtype)
         for i, block in enumerate(self.transformer.h):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x = block(x, pos, kv, end, mask)
+            x = block(x, pos, kv, end, mask, context)
         if cache is not None and input_pos is None:
             cache.length = end
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)

@@ -7,6 +7,13 @@ resolutions and in the middle block. Initialisation follows the TF code (Xavier-
 zero biases, zero-initialised last conv of each residual branch and of the output). The CIFAR-10
 configuration (the defaults) has 35,746,307 parameters, as the authors' model.
 
+Text conditioning (Rombach et al. 2022, sec. 3.3; Nichol et al. 2022, GLIDE): with a ``text_encoder``,
+a cross-attention block (``cross_attention.SpatialCrossAttention``) follows every residual block of the
+``cross_attention_levels`` and the middle block's attention, and the pooled caption vector is added to
+the timestep embedding; ``forward(x, t, y, context)`` takes the encoder's ``TextContext``. Without a
+text encoder none of these layers exist, so class-conditional and unconditional UNets are unchanged
+(their parameters, initialisation and outputs); an empty caption or no context adds exactly 0.
+
 Shape legend: B batch, C channels, H/W spatial size, D embedding width (4 * base_channels),
 ch = base_channels.
 """
@@ -20,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.cross_attention import PooledText, SpatialCrossAttention, TextContext, check_context
 from lit_genai.nn.layers import check_labels
 
 
@@ -126,6 +134,13 @@ class UNet(nn.Module):
         num_classes: Number of classes for class conditioning; 0 for an unconditional model. With
             ``num_classes > 0`` a label embedding is added to the timestep embedding; label
             ``num_classes`` is the "null" label of classifier-free guidance.
+        text_encoder: A text encoder (``nn.text_encoder.TextEncoder``, ``nn.hf_text_encoder.HFTextEncoder``,
+            ``pretrained.PretrainedTextEncoder``) whose context the network reads (module docstring);
+            None: no text.
+        cross_attention_levels: Indices into ``channel_mult`` of the levels whose residual blocks are
+            followed by cross-attention to the text (the middle block always has one with a text
+            encoder); Stable Diffusion attends at every level but the lowest resolution's.
+        cross_attention_heads: Heads of the cross-attention blocks; divides every level's width.
     """
 
     def __init__(
@@ -139,6 +154,9 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_groups: int = 32,
         num_classes: int = 0,
+        text_encoder: Optional[nn.Module] = None,
+        cross_attention_levels: Sequence[int] = (),
+        cross_attention_heads: int = 4,
     ) -> None:
         super().__init__()
         ch, levels = base_channels, len(channel_mult)
@@ -151,9 +169,17 @@ class UNet(nn.Module):
                 f"and the levels have {widths} channels ({bad} not divisible); pick num_groups dividing "
                 f"base_channels={ch}"
             )
-        if bad := [i for i in attention_levels if not 0 <= i < levels]:
+        for key, chosen in (
+            ("attention_levels", attention_levels),
+            ("cross_attention_levels", cross_attention_levels),
+        ):
+            if bad := [i for i in chosen if not 0 <= i < levels]:
+                raise ConfigError(
+                    f"UNet: {key} {bad} out of range; they index channel_mult (0..{levels - 1})"
+                )
+        if cross_attention_levels and text_encoder is None:
             raise ConfigError(
-                f"UNet: attention_levels {bad} out of range; they index channel_mult (0..{levels - 1})"
+                "UNet: cross_attention_levels need a text_encoder to attend to; set one or drop them"
             )
         self.in_channels, self.num_classes = in_channels, num_classes
         self.out_channels = in_channels if out_channels is None else out_channels
@@ -169,30 +195,50 @@ class UNet(nn.Module):
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, temb_dim, dropout, num_groups)
 
+        def blocks(cin: int, w: int, level: int) -> nn.ModuleList:
+            """A level's residual block, its self-attention and, with text, its cross-attention."""
+            attn = AttnBlock(w, num_groups) if level in attention_levels else nn.Identity()
+            if text_encoder is None:  # the layout (and parameter names) of the UNet without text
+                return nn.ModuleList([res(cin, w), attn])
+            cross = cross_attn(w) if level in cross_attention_levels else nn.Identity()
+            return nn.ModuleList([res(cin, w), attn, cross])
+
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            context_dim = int(text_encoder.width)
+
+            def cross_attn(w: int) -> SpatialCrossAttention:
+                return SpatialCrossAttention(w, context_dim, cross_attention_heads)
+
+            self.text_pool = PooledText(context_dim, temb_dim)
+
         self.conv_in = _init(nn.Conv2d(in_channels, ch, 3, padding=1))
         self.down, skips, c = nn.ModuleList(), [ch], ch  # skips: channels of each skip connection
         for i, w in enumerate(widths):
             for _ in range(num_res_blocks):
-                attn = AttnBlock(w, num_groups) if i in attention_levels else nn.Identity()
-                self.down.append(nn.ModuleList([res(c, w), attn]))
+                self.down.append(blocks(c, w, i))
                 skips.append(c := w)
             if i != levels - 1:
                 self.down.append(Downsample(c))
                 skips.append(c)
         self.mid = nn.ModuleList([res(c, c), AttnBlock(c, num_groups), res(c, c)])
+        if text_encoder is not None:
+            self.mid_cross = cross_attn(c)
         self.up = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             for _ in range(num_res_blocks + 1):
-                attn = AttnBlock(w, num_groups) if i in attention_levels else nn.Identity()
-                self.up.append(nn.ModuleList([res(c + skips.pop(), w), attn]))
+                self.up.append(blocks(c + skips.pop(), w, i))
                 c = w
             if i != 0:
                 self.up.append(Upsample(c))
         self.norm_out = _norm(c, num_groups)
         self.conv_out = _init(nn.Conv2d(c, self.out_channels, 3, padding=1), zero=True)
 
-    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """Predict from x (B, C, H, W), timesteps t (B,) and labels y (B,) int64 in [0, num_classes].
+    def forward(
+        self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, context: Optional[TextContext] = None
+    ) -> Tensor:
+        """Predict from x (B, C, H, W), timesteps t (B,), labels y (B,) int64 in [0, num_classes] and
+        the text encoder's ``context`` (None: no text).
 
         ``y=None`` means the null label for every item. An unconditional model (``num_classes == 0``)
         raises ValueError when given labels, rather than silently ignoring them.
@@ -218,21 +264,30 @@ class UNet(nn.Module):
         y = check_labels("UNet", self.num_classes, y, B, none_is_null=True, device=x.device)  # (B,) or None
         if self.label_emb is not None:
             temb = temb + self.label_emb(y)  # (B, D)
+        check_context("UNet", self.text_encoder, context, B)
+        if context is not None:
+            temb = temb + self.text_pool(context.pooled)  # (B, D); + 0 for an empty caption
+
+        def level(block: nn.ModuleList, h: Tensor) -> Tensor:
+            resblock, attn, *cross = block  # cross: [] without a text encoder
+            h = attn(resblock(h, temb))  # (B, ch * mult, H, W)
+            if cross and context is not None and isinstance(cross[0], SpatialCrossAttention):
+                h = cross[0](h, context)
+            return h
 
         hs = [self.conv_in(x)]  # (B, ch, H, W)
         for block in self.down:
             if isinstance(block, Downsample):
                 hs.append(block(hs[-1]))  # (B, C, H/2, W/2)
             else:
-                resblock, attn = block
-                hs.append(attn(resblock(hs[-1], temb)))  # (B, ch * mult, H, W)
-        h = self.mid[0](hs[-1], temb)
-        h = self.mid[2](self.mid[1](h), temb)
+                hs.append(level(block, hs[-1]))
+        h = self.mid[1](self.mid[0](hs[-1], temb))
+        if context is not None:
+            h = self.mid_cross(h, context)
+        h = self.mid[2](h, temb)
         for block in self.up:
             if isinstance(block, Upsample):
                 h = block(h)  # (B, C, 2H, 2W)
             else:
-                resblock, attn = block
-                h = torch.cat([h, hs.pop()], dim=1)  # (B, C + C_skip, H, W)
-                h = attn(resblock(h, temb))  # (B, ch * mult, H, W)
+                h = level(block, torch.cat([h, hs.pop()], dim=1))  # (B, C + C_skip, H, W) in
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)

@@ -67,11 +67,15 @@ def take(medium: Media, begin: int, end: int) -> Media:
     return medium[begin:end]
 
 
-def _concatenate(conds: Sequence[Optional[dict[str, Tensor]]]) -> Optional[dict[str, Tensor]]:
+def _concatenate(conds: Sequence[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
     """Each job's condition rows -> one (B, ...) row per sample of the batch (None: unconditional)."""
     if conds[0] is None:
         return None
-    return {name: torch.cat([c[name] for c in conds]) for name in conds[0]}
+
+    def rows(parts: list[Any]) -> Any:  # tensors are concatenated, captions (lists of str) joined
+        return [row for part in parts for row in part] if isinstance(parts[0], list) else torch.cat(parts)
+
+    return {name: rows([c[name] for c in conds]) for name in conds[0]}
 
 
 def stream_text(module: Any, job: Job, tokens: int) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,9 @@ seed        sample i is drawn from the generator ``seed + i`` (default: the mode
 start       index of the first sample (default 0): sample i of ``predict`` is ``start=i, n=1``
 label       a named condition: a class index or class name, or one per sample; absent: sample i
             gets class ``i % num_classes``, as in ``predict``
-prompt      the text a sample starts from (the model's ``prompt`` sampling option)
+text        a caption, or one per sample, for a text-to-image model (the ``text`` condition)
+prompt      the model's ``prompt`` sampling option: the text a sample starts from (text models), or
+            the caption(s) of a text-to-image model, sample i taking caption i % len
 options     sampling options by the module's ``sampling`` names (``steps``, ``temperature``, ...)
 format      ``auto`` (PNG for one image, WAV for one clip, else JSON), ``json``, ``png``, ``wav``
 ==========  =========================================================================================
@@ -24,8 +26,8 @@ prompt's length), each message naming what is allowed. It runs twice: in the HTT
 request is queued (``check.RequestCheck``), where it answers 4xx, and in the model's worker, which
 builds the ``Job``.
 
-Named conditions are parsed by ``CONDITIONS``: one function per request field (``label`` today); a
-condition such as a source image or a mask joins by adding its field and parser there.
+Named conditions are parsed by ``CONDITIONS``: one function per request field (``label``,
+``text``); a condition such as a source image or a mask joins by adding its field and parser there.
 """
 
 from __future__ import annotations
@@ -233,7 +235,21 @@ def _label(value: Any, info: ModelInfo, indices: range) -> Tensor:
     return labels(info, value, len(indices))
 
 
-CONDITIONS: dict[str, Callable[[Any, ModelInfo, range], Any]] = {"label": _label}
+def _text(value: Any, info: ModelInfo, indices: range) -> list[str]:
+    """A caption, or one per sample -> n captions (the module's tokenizer checks their words)."""
+    if "text" not in info.conditions:
+        raise RequestError(400, f"model {info.name!r} is not text-conditional: it takes no text")
+    captions = [value] if isinstance(value, str) else value
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise RequestError(400, f"text must be a caption or a list of captions, got {value!r}")
+    if len(captions) not in (1, len(indices)):
+        raise RequestError(
+            400, f"{len(captions)} captions for {len(indices)} samples: give one, or one per sample"
+        )
+    return captions * len(indices) if len(captions) == 1 else captions
+
+
+CONDITIONS: dict[str, Callable[[Any, ModelInfo, range], Any]] = {"label": _label, "text": _text}
 """Request field -> parser of its value into the condition of that name (``lit_genai.conditions``)."""
 
 FIELDS = ("model", "n", "seed", "start", *CONDITIONS, "prompt", "options", "format")

@@ -160,7 +160,7 @@ class KLAutoencoder(LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch  # (B, C, H, W) in [-1, 1]; labels unused
+        x = batch[0]  # (B, C, H, W) in [-1, 1]; labels (or attributes, captions) unused
         mean, logvar = self.posterior(x)
         # this rank's slice of a world-sized draw (docs/architecture.md, "Distributed")
         eps = paradigm.this_rank(
@@ -221,7 +221,7 @@ class KLAutoencoder(LightningModule):
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """``<stage>/loss``, ``rec``, ``kl`` with posterior noise fixed per batch index (distinct per
         rank), and ``<stage>/mse`` of the posterior-mean reconstruction (per pixel)."""
-        x, _ = batch
+        x = batch[0]
         generator = paradigm.evaluation_generator(self._trainer, batch_idx)
         mean, logvar = self.posterior(x)
         terms = self._terms(x, mean, logvar, torch.randn(mean.shape, generator=generator).to(mean))

@@ -131,7 +131,7 @@ class VQVAE(LightningModule):
         return self.decoder(self.quantizer(self.encoder(x)).z_q)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch  # (B, C, H, W) in [-1, 1]; labels unused
+        x = batch[0]  # (B, C, H, W) in [-1, 1]; labels (or attributes and captions) unused
         terms = self._terms(x)
         names = ("loss", "rec", "commitment", "perplexity", "usage")
         for name in names + (() if self.quantizer.ema else ("codebook",)):
@@ -162,7 +162,7 @@ class VQVAE(LightningModule):
         }
 
     def _evaluate(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
-        x, _ = batch
+        x = batch[0]
         terms = self._terms(x, update=False)
         values = {"loss": terms["loss"], "mse": terms["rec"], "commitment": terms["commitment"]}
         values.update(perplexity=terms["perplexity"], usage=terms["usage"])

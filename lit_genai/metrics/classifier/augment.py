@@ -9,15 +9,22 @@ Shape legend: B batch, C channels, H/W spatial. Images are float in [-1, 1], bac
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_shift(x: Tensor, max_shift: int, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Translate each image by its own integer offset in [-max_shift, max_shift]^2, filling with -1.
+def random_shift(
+    x: Tensor,
+    max_shift: int,
+    generator: Optional[torch.Generator] = None,
+    fill: Literal["black", "edge"] = "black",
+) -> Tensor:
+    """Translate each image by its own integer offset in [-max_shift, max_shift]^2, filling with -1
+    (``fill="black"``: digits on black) or by repeating the edge pixels (``"edge"``: pictures on a
+    coloured background, the attribute classifier's).
 
     Args:
         x: Images (B, C, H, W) in [-1, 1].
@@ -29,7 +36,10 @@ def random_shift(x: Tensor, max_shift: int, generator: Optional[torch.Generator]
     """
     B, C, H, W = x.shape
     s = max_shift
-    padded = F.pad(x, (s, s, s, s), value=-1.0)  # (B, C, H + 2s, W + 2s), background is -1
+    if fill == "edge":
+        padded = F.pad(x, (s, s, s, s), mode="replicate")  # (B, C, H + 2s, W + 2s)
+    else:
+        padded = F.pad(x, (s, s, s, s), value=-1.0)  # (B, C, H + 2s, W + 2s), background is -1
     dy, dx = torch.randint(0, 2 * s + 1, (2, B, 1), generator=generator).to(x.device)  # (B, 1) each
     rows = dy + torch.arange(H, device=x.device)  # (B, H)
     cols = dx + torch.arange(W, device=x.device)  # (B, W)
