@@ -34,19 +34,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lit_genai import generate, load  # noqa: E402
 
 
-def grid(run: str, out: str, captions: list[str], seeds: int, seed: int, options: dict) -> None:
+def grid(
+    run: str, out: str, captions: list[str], held_out: list[str], seeds: int, seed: int, options: dict
+) -> None:
     module = load(run)
+    captions = captions + held_out
     rows = [generate(module, seeds, seed=seed, cond={"text": [c] * seeds}, **options) for c in captions]
     fig, axes = plt.subplots(
-        len(rows), seeds + 1, figsize=(1.1 * seeds + 3.2, 1.1 * len(rows)), squeeze=False
+        len(rows),
+        seeds + 1,
+        figsize=(1.1 * seeds + 3.3, 1.1 * len(rows)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [3] + [1] * seeds},
     )
     for r, (caption, images) in enumerate(zip(captions, rows, strict=True)):
-        axes[r, 0].text(1.0, 0.5, textwrap.fill(caption, 34), ha="right", va="center", fontsize=7)
+        label = ("[held out] " if caption in held_out else "") + caption
+        axes[r, 0].text(0.0, 0.5, textwrap.fill(label, 40), ha="left", va="center", fontsize=7)
         for j in range(seeds + 1):
             axes[r, j].axis("off")
         for j, image in enumerate(images):
             axes[r, j + 1].imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
-    fig.subplots_adjust(left=0.0, right=1.0, top=1.0, bottom=0.0, wspace=0.05, hspace=0.05)
+    fig.subplots_adjust(left=0.01, right=1.0, top=1.0, bottom=0.0, wspace=0.05, hspace=0.05)
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 
@@ -74,9 +82,12 @@ def sweep(
             json.dumps({"guidance_scale": w}),
         ]
         subprocess.run(command + extra, check=True)
-        found = sorted(Path("runs").glob("*/checkpoints/*.test.json"), key=lambda p: p.stat().st_mtime)
+        if Path(ckpt_path).is_file():  # the test JSON is written next to the checkpoint
+            written = Path(ckpt_path).with_suffix(".test.json")
+        else:  # "last" / "best": the newest in the run folders
+            written = max(Path("runs").glob("*/checkpoints/*.test.json"), key=lambda p: p.stat().st_mtime)
         kept = Path(f"{stem}_w{w:g}.json")
-        shutil.copy(found[-1], kept)
+        shutil.copy(written, kept)
         results[w] = json.loads(kept.read_text())["metrics"]
     name = Path(extractor).stem
     keys = {
@@ -109,6 +120,9 @@ def main() -> None:
     g.add_argument("run")
     g.add_argument("out")
     g.add_argument("--caption", action="append", required=True)
+    g.add_argument(
+        "--held_out", action="append", default=[], help="captions of held-out combinations (marked)"
+    )
     g.add_argument("--seeds", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance_scale", type=float, default=None)
@@ -121,7 +135,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if args.command == "grid":
         options = {} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}
-        grid(args.run, args.out, args.caption, args.seeds, args.seed, options)
+        grid(args.run, args.out, args.caption, args.held_out, args.seeds, args.seed, options)
     else:
         sweep(args.config, args.ckpt_path, args.extractor, args.w, args.out, extra)
 
