@@ -111,6 +111,7 @@ BATCHES: dict[str, Batch] = {
     "text2image-diffusion-unet": _captioned((1, 8, 8), 4, 5),
     "latent-diffusion-unet": _images((1, 28, 28)),
     "latent-diffusion-dit": _images((1, 28, 28)),
+    "text2image-latent-diffusion-dit": _captioned((1, 28, 28), 4, 5),
     "edm-unet": _images((1, 8, 8)),
     "flow-unet": _images((1, 8, 8)),
     "gan-dcgan": _images((1, 28, 28)),

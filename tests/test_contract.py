@@ -104,7 +104,7 @@ def _unet(channels: int = 1, classes: int = K) -> UNet:
     )
 
 
-def _dit(channels: int = 1, size: int = 8, patch: int = 4) -> DiT:
+def _dit(channels: int = 1, size: int = 8, patch: int = 4, text: bool = False) -> DiT:
     return DiT(
         in_channels=channels,
         image_size=size,
@@ -112,8 +112,9 @@ def _dit(channels: int = 1, size: int = 8, patch: int = 4) -> DiT:
         hidden_size=16,
         depth=1,
         num_heads=2,
-        num_classes=K,
+        num_classes=0 if text else K,
         num_timesteps=30,
+        text_encoder=_caption_encoder() if text else None,
     )
 
 
@@ -198,6 +199,21 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
                 beta_schedule="cosine",
                 autoencoder=str(ae),
                 sampling=DiffusionSampling(steps=2),
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "text2image-latent-diffusion-dit": (
+        ("Diffusion", ("DiT", "TextEncoder"), True),
+        lambda ae: (
+            Diffusion(
+                _dit(channels=2, size=7, patch=1, text=True),
+                sample_shape=(1, 28, 28),
+                num_timesteps=30,
+                beta_schedule="cosine",
+                autoencoder=str(ae),
+                text_vocabulary=WORDS,
+                sampling=DiffusionSampling(sampler="dpm_solver++", steps=2, prompt=CAPTIONS[:2]),
             ),
             Decoding(_images),
         ),

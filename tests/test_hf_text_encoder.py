@@ -257,7 +257,7 @@ def test_text_to_image_fit_and_predict_with_a_clip_encoder(folders, tmp_path):
         "samples": {"num_samples": 2},
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    recipe = str(Path(DEMO).parent / "text2image_shapes.yaml")
+    recipe = str(Path(DEMO).parent / "text2image_shapes_unet.yaml")
     base = ["--config", recipe, "--config", str(tmp_path / "tiny.yaml")]
     assert run_cli(["fit", *base]) == 0
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -168,7 +168,7 @@ class KLAutoencoder(LightningModule):
         )
         terms = self._terms(x, mean, logvar, eps.to(mean))
         for name in ("loss", "rec", "kl"):
-            self.log(f"train/{name}", terms[name].mean(), prog_bar=name == "loss")
+            self.log(f"train/{name}", terms[name].mean(), prog_bar=name == "loss", batch_size=x.shape[0])
         return terms["loss"].mean()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -231,9 +231,10 @@ class KLAutoencoder(LightningModule):
                 terms[name].mean(),
                 prog_bar=stage == "val" and name == "loss",
                 sync_dist=True,
+                batch_size=x.shape[0],
             )
         mse = (self.decoder(mean) - x).pow(2).mean()
-        self.log(f"{stage}/mse", mse, sync_dist=True)
+        self.log(f"{stage}/mse", mse, sync_dist=True, batch_size=x.shape[0])
         if self._estimating_scale(stage, batch_idx):
             z = terms["z"].detach().double()
             stats = torch.stack(
