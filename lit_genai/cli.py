@@ -90,6 +90,7 @@ DEFAULT_RUNS_DIR = "runs"
 # Data-module attributes linked into the model's init argument of the same name, when both exist.
 LINKED_FROM_DATA = (
     "sample_shape",
+    "source_shape",
     "vocab_size",
     "block_size",
     "num_classes",

@@ -180,7 +180,21 @@ def predict_step(self: Any, batch: Tensor, batch_idx: int = 0, dataloader_idx: i
     prompts = predict_prompts(self, indices)
     if prompts is not None:  # a text-conditional model with a prompt: sample i takes prompt i % len
         cond = {"text": prompts, **({"label": cond} if cond is not None else {})}
+    sources = predict_sources(self, indices)
+    if sources is not None:  # image to image: sample i takes source (and mask) i % len
+        cond = {
+            **(cond if isinstance(cond, dict) else {"label": cond} if cond is not None else {}),
+            **sources,
+        }
     return self.sample(len(indices), cond=cond, generator=generators)
+
+
+def predict_sources(module: Any, indices: Sequence[int]) -> Optional[dict[str, Tensor]]:
+    """The ``image`` / ``mask`` conditions ``predict`` gives sample i of an image-to-image module (its
+    optional ``sources(indices)``: the sampling settings' ``init_image`` and ``mask``, file i % len),
+    or None."""
+    sources = getattr(module, "sources", None)
+    return sources(indices) if callable(sources) else None
 
 
 def predict_prompts(module: Any, indices: Sequence[int]) -> Optional[list[str]]:

@@ -70,6 +70,17 @@ def _images(shape: tuple[int, int, int], binary: bool = False) -> Batch:
     return make
 
 
+def _paired(source: tuple[int, int, int], target: tuple[int, int, int], unpaired: bool = False) -> Batch:
+    """Image-to-image: (source (N, Cs, H, W), target (N, C, H, W), labels (N,)[, labels (N,)])."""
+
+    def make(n: int, g: torch.Generator) -> tuple[Tensor, ...]:
+        x, t = torch.rand((n, *source), generator=g) * 2 - 1, torch.rand((n, *target), generator=g) * 2 - 1
+        labels = torch.randint(0, K, (n,), generator=g)
+        return (x, t, labels, labels) if unpaired else (x, t, labels)
+
+    return make
+
+
 def _captioned(shape: tuple[int, int, int], length: int, words: int) -> Batch:
     """(x (N, C, H, W), y (N,), captions as token ids (N, length) in [0, words]: 0 pads)."""
     images = _images(shape)
@@ -116,6 +127,8 @@ BATCHES: dict[str, Batch] = {
     "flow-unet": _images((1, 8, 8)),
     "gan-dcgan": _images((1, 28, 28)),
     "gan-resnet": _images((3, 32, 32)),
+    "gan-pix2pix": _paired((1, 28, 28), (1, 28, 28)),
+    "gan-cyclegan": _paired((1, 8, 8), (1, 8, 8), unpaired=True),
     "vae-mlp": _images((1, 28, 28)),  # grey: binarised by the module (dynamic)
     "gpt-text": _text(16, 10, labelled=True),
     "pixelcnn-pixels": _sequences(16, 2),  # 1x4x4 binary pixels
@@ -138,6 +151,11 @@ _MASKED_MEAN = (
 NOT_EXACT = {
     "gan-dcgan": _BATCH_NORM + " (both networks)",
     "gan-resnet": _BATCH_NORM + " (the generator)",
+    "gan-pix2pix": _BATCH_NORM + " (the U-Net and the PatchGAN)",
+    "gan-cyclegan": (
+        "each rank's image pool (3 images in this row) holds that rank's fakes, so once it is full the "
+        "discriminators see another history than one process's pool of the union batch"
+    ),
     "maskgit-image-tokens": _MASKED_MEAN,
     "text2image-maskgit": _MASKED_MEAN,
     "masked-text": _MASKED_MEAN,

@@ -38,8 +38,10 @@ from lit_genai.masked import MaskedSampling, MaskedTokens
 from lit_genai.media import Waveforms, to_uint8
 from lit_genai.nn import UNet
 from lit_genai.nn.autoencoder import Decoder, Encoder
+from lit_genai.nn.cyclegan import CycleGANGenerator
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from lit_genai.nn.dit import DiT
+from lit_genai.nn.pix2pix import PatchDiscriminator, UNetGenerator
 from lit_genai.nn.pixelcnn import GatedPixelCNN
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
 from lit_genai.nn.text_encoder import TextEncoder
@@ -47,6 +49,7 @@ from lit_genai.nn.transformer import GPT
 from lit_genai.nn.vae import MLPDecoder, MLPEncoder
 from lit_genai.nn.vq import VectorQuantizer
 from lit_genai.nn.wavenet import WaveNet
+from lit_genai.translation import CycleGAN, Pix2Pix
 from lit_genai.vae import VAE, VQVAE
 from lit_genai.vae.autoencoder import KLAutoencoder
 
@@ -260,6 +263,39 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
             Decoding(_images),
         ),
     ),
+    "gan-pix2pix": (  # image-to-image: sample() translates stored example sources (translation/base.py)
+        ("Pix2Pix", ("PatchDiscriminator", "UNetGenerator"), False),
+        lambda ae: (
+            Pix2Pix(
+                UNetGenerator(1, 1, 28, base_channels=4),
+                PatchDiscriminator(1, source_channels=1, image_size=28, base_channels=4),
+                source_shape=(1, 28, 28),
+                sample_shape=(1, 28, 28),
+                num_examples=4,
+            ),
+            Decoding(_images),
+        ),
+    ),
+    "gan-cyclegan": (
+        (
+            "CycleGAN",
+            ("CycleGANGenerator", "CycleGANGenerator", "PatchDiscriminator", "PatchDiscriminator"),
+            False,
+        ),
+        lambda ae: (
+            CycleGAN(
+                CycleGANGenerator(1, 1, 8, base_channels=4, n_blocks=1),
+                CycleGANGenerator(1, 1, 8, base_channels=4, n_blocks=1),
+                PatchDiscriminator(1, image_size=8, base_channels=4, norm="instance"),
+                PatchDiscriminator(1, image_size=8, base_channels=4, norm="instance"),
+                source_shape=(1, 8, 8),
+                sample_shape=(1, 8, 8),
+                pool_size=3,  # full after two batches: resumes must restore the pools (test_resume.py)
+                num_examples=4,
+            ),
+            Decoding(_images),
+        ),
+    ),
     "vae-mlp": (
         ("VAE", ("MLPDecoder", "MLPEncoder"), False),
         lambda ae: (
@@ -459,7 +495,7 @@ def test_keeps_the_protocol(case):
     assert paradigm.is_generative(module)
     assert isinstance(module.sampling, paradigm.SamplingSettings)
     assert dataclasses.is_dataclass(module.sampling)
-    assert set(module.conditions) <= {"label", "mels", "text"}
+    assert set(module.conditions) <= {"label", "mels", "text", "image"}
     assert ("label" in module.conditions) == (module.num_classes > 0)
     assert "sampling" not in module.hparams  # the command line's settings are never overridden
 
@@ -547,13 +583,16 @@ def test_conditions_are_compared_with_the_data(case):
     module, _ = case
 
     class Data(L.LightningDataModule):
-        def __init__(self, num_classes: int, text: bool = False) -> None:
+        def __init__(self, num_classes: int, text: bool = False, image: bool = False) -> None:
             super().__init__()
             self.num_classes = num_classes
             if text:
                 self.conditions = ("label", "text") if num_classes else ("text",)
+            if image:  # image-to-image data: the source image
+                self.conditions = ("image", "label") if num_classes else ("image",)
 
-    check_conditions(module, Data(module.num_classes, "text" in module.conditions))  # fine
+    image = "image" in module.conditions
+    check_conditions(module, Data(module.num_classes, "text" in module.conditions, image))  # fine
     if "text" in module.conditions:
         with pytest.raises(ConfigError, match="conditioned on text but the data .* provides"):
             check_conditions(module, Data(module.num_classes))

@@ -106,6 +106,9 @@ def test_sampling_settings_stay_out_of_the_hyperparameters():
         "prompt": None,
         "hole": "_",
         "caption": None,
+        "init_image": None,
+        "mask": None,
+        "tokenizer": None,
     }
     assert isinstance(model, paradigm.GenerativeModule) and paradigm.is_generative(model)
     assert (model.modality, model.ema_target, model.num_classes, model.mask_id) == ("image", "net", 0, V)

@@ -42,7 +42,8 @@ def _module(row: str, request) -> torch.nn.Module:
     torch.manual_seed(0)
     if row in AUTOENCODERS:
         return AUTOENCODERS[row][1]()
-    ae = request.getfixturevalue("ae_checkpoint") if row.startswith("latent-") else None
+    latent = GENERATIVE[row][0][2]  # the row's (module, networks, latent?) key
+    ae = request.getfixturevalue("ae_checkpoint") if latent else None
     return GENERATIVE[row][1](ae)[0]
 
 

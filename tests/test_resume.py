@@ -59,6 +59,7 @@ FAST = {
     "maskgit-image-tokens",
     "vqvae",
     "text2image-diffusion-unet",
+    "gan-cyclegan",
 }
 
 
@@ -85,6 +86,9 @@ def _examples(name: str, module: Any) -> tuple[Tensor, ...]:
         return sequences, labels
     shape = tuple(module.hparams.get("sample_shape") or (1, 8, 8))
     images = torch.rand((n, *shape), generator=g) * 2 - 1  # in [-1, 1]
+    if "source_shape" in module.hparams:  # image-to-image: (source, target, labels[, labels])
+        sources = torch.rand((n, *module.hparams["source_shape"]), generator=g) * 2 - 1
+        return (sources, images, labels, labels) if name == "gan-cyclegan" else (sources, images, labels)
     if "text" in getattr(module, "conditions", ()):  # captions as token ids (n, L): 0 pads
         return images, labels, torch.randint(0, 6, (n, 4), generator=g)
     return (images.sign() if name == "vae" else images), labels  # "vae": Bernoulli pixels, binary

@@ -306,3 +306,78 @@ def test_captions_are_a_requests_text_condition():
     unconditional = {"u": describe("u", GENERATIVE["diffusion-unet"][1](None)[0])}
     with pytest.raises(RequestError, match="not text-conditional"):
         parse_request({"model": "u", "text": "a red circle"}, unconditional, Limits())
+
+
+def test_an_image_to_image_request_inpaints_its_source_and_keeps_the_known_pixels():
+    """``image`` (a base64 PNG) and ``mask`` (a named region or a PNG) reach ``sample`` as the
+    ``image`` / ``mask`` conditions: the known pixels come back byte for byte; options naming a file
+    on the server are refused."""
+    from test_contract import GENERATIVE
+
+    from lit_genai.media.image import png_bytes
+    from lit_genai.serve.catalog import describe
+    from lit_genai.serve.draw import draw
+    from lit_genai.serve.requests import Limits, RequestError, parse_request
+
+    torch.manual_seed(0)
+    module, data = GENERATIVE["diffusion-unet"][1](None)
+    module.media_decoder = data.decode
+    catalog = {"m": describe("m", module)}
+    C, H, W = module.sample_shape
+    source = torch.randint(0, 256, (C, H, W), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    png = base64.b64encode(png_bytes(source)).decode()
+    job = parse_request({"n": 2, "image": png, "mask": "left_half"}, catalog, Limits())
+    assert job.cond["image"].shape == (2, C, H, W) and job.cond["mask"].shape == (2, 1, H, W)
+    (filled,) = draw(module, [job], max_samples=4)  # (2, C, H, W) uint8
+    assert torch.equal(filled[..., W // 2 :], source[..., W // 2 :].expand(2, C, H, W - W // 2))
+    assert not torch.equal(filled[..., : W // 2], source[..., : W // 2].expand(2, C, H, W // 2))
+    by_png = parse_request(
+        {
+            "n": 2,
+            "image": png,
+            "mask": base64.b64encode(
+                png_bytes((torch.arange(W) < W // 2).to(torch.uint8).mul(255).expand(1, H, W))
+            ).decode(),
+        },
+        catalog,
+        Limits(),
+    )
+    assert torch.equal(by_png.cond["mask"], job.cond["mask"])
+    strength0 = parse_request({"image": png, "options": {"strength": 0.0}}, catalog, Limits())
+    assert torch.equal(draw(module, [strength0], max_samples=4)[0][0], source)  # SDEdit at 0: the source
+    for body, words in (
+        ({"image": "not a png"}, "not a base64 PNG"),
+        ({"mask": "left_half"}, "needs the image"),
+        ({"image": png, "options": {"init_image": "/etc/passwd"}}, "names a file on the server"),
+    ):
+        with pytest.raises(RequestError, match=words):
+            parse_request(body, catalog, Limits())
+
+
+def test_a_translation_request_returns_the_translation_of_its_source():
+    """pix2pix through the service: the request's ``image`` is the source it translates, and the PNG
+    that comes back is ``sample(cond={"image": source})``'s, byte for byte; a grey source of a
+    1-channel model needs no channel repeat; a model without ``image`` refuses the field."""
+    from test_contract import GENERATIVE
+
+    from lit_genai.media import to_uint8
+    from lit_genai.media.image import png_bytes
+    from lit_genai.serve.catalog import describe
+    from lit_genai.serve.draw import draw
+    from lit_genai.serve.requests import Limits, RequestError, parse_request
+
+    torch.manual_seed(0)
+    module, data = GENERATIVE["gan-pix2pix"][1](None)
+    module.media_decoder = data.decode
+    module.eval()
+    catalog = {"p": describe("p", module), "g": describe("g", GENERATIVE["gan-dcgan"][1](None)[0])}
+    C, H, W = module.source_shape
+    source = torch.randint(0, 256, (C, H, W), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    png = base64.b64encode(png_bytes(source)).decode()
+    job = parse_request({"model": "p", "image": png}, catalog, Limits())
+    assert job.cond["image"].shape == (1, C, H, W)
+    (served,) = draw(module, [job], max_samples=4)  # (1, C, H, W) uint8
+    expected = module.sample(1, cond={"image": source[None].float() / 127.5 - 1})
+    assert torch.equal(served, to_uint8(expected))
+    with pytest.raises(RequestError, match="takes no source image"):
+        parse_request({"model": "g", "image": png}, catalog, Limits())

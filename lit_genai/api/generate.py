@@ -63,6 +63,13 @@ def generate(
     module.sampling_settings(**options)  # an unknown option: one line naming the allowed ones
     indices = list(range(start, start + n))
     conditions = resolve_cond(module, cond, indices)
+    sources = getattr(module, "sources", None)  # image to image: sample i takes file i % len, as predict
+    sources = sources(indices, **options) if callable(sources) else None
+    if sources and not (isinstance(conditions, Mapping) and "image" in conditions):
+        named = dict(conditions) if isinstance(conditions, Mapping) else {}
+        if isinstance(conditions, Tensor):
+            named["label"] = conditions
+        conditions = {**named, **sources}
     step = batch_size or n
     parts = []
     for first in range(0, n, step):

@@ -16,11 +16,21 @@ from lit_genai.data.pixels import ImagePixels
 from lit_genai.data.shapes import CaptionedShapes
 from lit_genai.data.text import CharText
 from lit_genai.data.tokens import ImageTokens
+from lit_genai.data.translation import ColouredDigits, DigitsToMNIST, EdgesToDigits
+from lit_genai.data.translation_folders import Facades, Horse2Zebra, Maps, PairedFolder, UnpairedFolders
 
 __all__ = [
     "AudioFolder",
     "CaptionedImages",
     "COCOCaptions",
+    "ColouredDigits",
+    "DigitsToMNIST",
+    "EdgesToDigits",
+    "Facades",
+    "Horse2Zebra",
+    "Maps",
+    "PairedFolder",
+    "UnpairedFolders",
     "CaptionedShapes",
     "CIFAR10",
     "CharText",

@@ -24,7 +24,11 @@ network's target and the samplers. ``DenoisingModule`` holds the rest (docs/arch
   Models"): with ``autoencoder`` (a ``KLAutoencoder`` checkpoint) the network models the scaled
   latents of that frozen first stage (``latent.FirstStage``): batches are encoded before the loss,
   ``sample()`` draws latents and returns their decoded images, so callbacks, FID and media see
-  images. Only ``net`` is optimised and averaged by the EMA.
+  images. Only ``net`` is optimised and averaged by the EMA;
+- image to image (``editing.py``): ``sample(n, cond={"image": x, "mask": m})`` or the settings'
+  ``init_image`` / ``mask`` files run SDEdit (Meng et al. 2022) or inpainting (replacement, RePaint:
+  Lugmayr et al. 2022) with the subclass's sampler as a ``Stepper``; sources are encoded by the first
+  stage of a latent model and the known pixels pasted back after decoding, so they are exact.
 
 Hyperparameters: the base saves the ``__init__`` arguments of the subclass too (Lightning collects
 the arguments of every ``__init__`` up the inheritance chain), less ``sampling`` and the subclass's
@@ -37,22 +41,48 @@ Shape legend: B batch, C/H/W image (or latent: what the net sees, ``net_shape``)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_genai import paradigm, sharding
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
+from lit_genai.diffusion.editing import Stepper, edit_sample
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.media.sources import cycle, read_images, read_mask
 from lit_genai.nn.cross_attention import TextContext
 from lit_genai.text_condition import TextCondition, prompts_for, text_encoder_of
 
 if TYPE_CHECKING:
     from lit_genai.diffusion.latent import FirstStage
+
+EDIT_CONDITIONS = ("image", "mask")
+"""Conditions every denoising module takes at sampling time without training on them: the source
+of SDEdit and inpainting and the region to fill (``editing.py``); never compared with the data's."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What an image-to-image draw starts from (``DenoisingModule._edit_inputs``).
+
+    Args:
+        images: (n, C, H, W) the source images in [-1, 1].
+        pixel_mask: (n, 1, H, W) bool, True where to fill, or None (SDEdit of the whole image).
+        source: (n, c, h, w) the source in model space (the first stage's latents, or the images).
+        mask: ``pixel_mask`` at the model's resolution: a latent is known only if all its pixels are.
+    """
+
+    images: Tensor
+    pixel_mask: Optional[Tensor]
+    source: Tensor
+    mask: Optional[Tensor]
+
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 """(x (B, C, H, W), t (B,)) -> the network's output (B, C, H, W), guidance included."""
@@ -206,7 +236,7 @@ class DenoisingModule(LightningModule):
     ) -> tuple[Optional[Tensor], Optional[TextContext]]:
         """``sample()``'s ``cond`` -> (labels (n,) or None, the text context or None). Without a
         ``text`` condition, sample j takes the settings' prompt j % len (none: the empty caption)."""
-        named = as_conditions(cond, self.conditions, f"{type(self).__name__}.sample()")
+        named = as_conditions(cond, (*self.conditions, *EDIT_CONDITIONS), f"{type(self).__name__}.sample()")
         labels = named.get("label")
         prompt = getattr(settings, "prompt", None)
         if self.text is None:
@@ -222,6 +252,88 @@ class DenoisingModule(LightningModule):
             raise ConfigError(f"{type(self).__name__}.sample(): {len(text)} captions for {n} samples")
         ids, mask = self.text.tokenize(text, self.device)
         return labels, self.text.encode(ids, mask)
+
+    # ------------------------------------------------------------------ image to image
+
+    def sources(self, indices: Sequence[int], **options: Any) -> Optional[dict[str, Tensor]]:
+        """The ``image`` (and ``mask``) conditions of the sample indices ``predict`` draws: source
+        i % len of the ``init_image`` setting (and of ``mask``; ``options`` override the settings), or
+        None without a source (docs/architecture.md, "Generative modules")."""
+        named = self._setting_sources(self.sampling.replace(**options), indices)
+        return named or None
+
+    def _setting_sources(
+        self, settings: paradigm.SamplingSettings, indices: Sequence[int]
+    ) -> dict[str, Tensor]:
+        """{"image": (n, C, H, W), "mask": (n, 1, H, W)} read from the ``init_image`` and ``mask``
+        settings, row j the file indices[j] % len (a named mask is the same for every row)."""
+        init_image, mask = getattr(settings, "init_image", None), getattr(settings, "mask", None)
+        named: dict[str, Tensor] = {}
+        if init_image is not None:
+            named["image"] = cycle(read_images(init_image, self.sample_shape), indices)
+        if mask is not None:
+            named["mask"] = cycle(read_mask(mask, self.sample_shape[1:]), indices)
+        return named
+
+    def _edit_inputs(self, n: int, cond: Cond, settings: paradigm.SamplingSettings) -> Optional[Edit]:
+        """``sample()``'s ``image`` and ``mask`` conditions (else the ``init_image`` and ``mask``
+        settings, sample j taking file j % len) -> the ``Edit`` to start from, or None (plain sampling)."""
+        named = as_conditions(cond, (*self.conditions, *EDIT_CONDITIONS), f"{type(self).__name__}.sample()")
+        from_settings = self._setting_sources(settings, range(n))
+        images, mask = (
+            named.get("image", from_settings.get("image")),
+            named.get("mask", from_settings.get("mask")),
+        )
+        if images is None:
+            if mask is not None:
+                raise ConfigError(
+                    "a mask needs a source image to fill: set model.sampling.init_image (or cond['image'])"
+                )
+            return None
+        images = torch.as_tensor(images).to(self.device, torch.float32)
+        if images.dim() == 4 and images.shape[1] == 1 and self.sample_shape[0] == 3:
+            images = images.expand(-1, 3, -1, -1)  # a grey source of an RGB model: grey RGB
+        if tuple(images.shape) != (n, *self.sample_shape):
+            raise ConfigError(
+                f"{type(self).__name__}.sample(): the source images have shape {tuple(images.shape)}, "
+                f"expected {(n, *self.sample_shape)} (n, C, H, W) in [-1, 1]"
+            )
+        source = self._encode_batch(images)  # (n, c, h, w)
+        model_mask = None
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(self.device).bool().expand(n, 1, *self.sample_shape[1:])
+            factor = self.sample_shape[1] // source.shape[-2]
+            if factor * source.shape[-2] != self.sample_shape[1]:
+                raise ConfigError(
+                    f"images of {self.sample_shape[1:]} do not tile latents of {tuple(source.shape[-2:])}"
+                )
+            # a latent is known only if every pixel of its cell is: it is filled if any pixel is
+            model_mask = F.max_pool2d(mask.float(), factor) > 0 if factor > 1 else mask  # (n, 1, h, w)
+        return Edit(images, mask, source, model_mask)
+
+    def _edit(
+        self, stepper: Stepper, edit: Edit, settings: Any, generator: paradigm.Generators, progress: bool
+    ) -> Tensor:
+        """``editing.edit_sample`` of ``edit`` with the module's sampler as ``stepper``: (n, c, h, w)."""
+        return edit_sample(
+            stepper,
+            edit.source,
+            strength=settings.strength,
+            mask=edit.mask,
+            inpaint=settings.inpaint,
+            jump=settings.repaint_jump,
+            resample=settings.repaint_resample,
+            generator=generator,
+            progress=progress,
+        )
+
+    def _edited_images(self, x: Tensor, edit: Optional[Edit]) -> Tensor:
+        """Samples in model space -> images (n, C, H, W); the known pixels of an inpainting are the
+        source's, bit for bit (a latent model's decoder would only approximate them)."""
+        images = self._to_images(x)
+        if edit is None or edit.pixel_mask is None:
+            return images
+        return torch.where(edit.pixel_mask, images, edit.images)
 
     def prompts(self, indices: Sequence[int]) -> Optional[list[str]]:
         """The caption of each sample index that ``predict`` draws (the settings' ``prompt``,

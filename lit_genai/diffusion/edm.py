@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lit_genai import paradigm
 from lit_genai.conditions import Cond, DropoutProbability
 from lit_genai.diffusion.base import DenoisingModule
+from lit_genai.diffusion.editing import sigma_stepper
 from lit_genai.diffusion.preconditioning import (
     P_MEAN,
     P_STD,
@@ -65,6 +66,19 @@ class EDMSampling(paradigm.SamplingSettings):
         guidance_scale: Classifier-free guidance weight w (0 = plain conditional sampling).
         prompt: The caption(s) of samples drawn without a ``text`` condition (a text-conditional
             model): one string, or a list that sample i takes entry i % len of. None: the empty caption.
+        init_image: Image to image: a PNG, or a folder of PNGs (sample i takes file i % len), of
+            the model's size, to start from (``editing.py``); ``sample(cond={"image": x})`` gives the
+            sources directly. None: plain sampling.
+        strength: SDEdit's t0 (Meng et al. 2022) as a share of the sampler's steps: the source is
+            noised to that level and the last round(strength * steps) steps are run; 0 returns the
+            source, 1 (inpainting's choice) starts from the top of the grid.
+        mask: Inpainting: a PNG (white = fill) or a named region (``left_half``, ``right_half``,
+            ``top_half``, ``bottom_half``, ``center``) to fill; the other pixels are the source's,
+            bit for bit. ``cond={"mask": (n, 1, H, W) bool}`` gives it directly. None: SDEdit.
+        inpaint: ``replacement`` (the known part replaced by the source noised to each level, Song
+            et al. 2021) or ``repaint`` (the same with RePaint's jumps back, Lugmayr et al. 2022).
+        repaint_jump: RePaint's jump length j, in sampler steps (theirs: 10).
+        repaint_resample: RePaint's number of resamplings r (theirs: 10); 1 is the replacement method.
     """
 
     sampler: Sampler = "heun"
@@ -78,6 +92,12 @@ class EDMSampling(paradigm.SamplingSettings):
     s_noise: float = 1.0
     guidance_scale: float = 0.0
     prompt: Union[str, list[str], None] = None
+    init_image: Optional[str] = None
+    strength: float = 1.0
+    mask: Optional[str] = None
+    inpaint: Literal["replacement", "repaint"] = "replacement"
+    repaint_jump: int = 10
+    repaint_resample: int = 10
 
 
 class EDM(DenoisingModule):
@@ -226,7 +246,17 @@ class EDM(DenoisingModule):
                 s_noise=settings.s_noise,
             )
         labels, context = self._sampling_conditions(n, cond, settings)
+        edit = self._edit_inputs(n, cond, settings)
         with paradigm.eval_mode(self.net):
+            if edit is not None:  # SDEdit / inpainting with this solver (editing.py)
+                stepper = sigma_stepper(
+                    self.denoiser(labels, settings.guidance_scale, context),
+                    karras_sigmas(settings.steps, settings.sigma_min, settings.sigma_max, settings.rho),
+                    sampler,
+                    generator=generator,
+                    **churn,
+                )
+                return self._edited_images(self._edit(stepper, edit, settings, generator, progress), edit)
             x = SOLVERS[sampler](
                 self.denoiser(labels, settings.guidance_scale, context),
                 (n, *self.net_shape),

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from lit_genai import paradigm
 from lit_genai.conditions import Cond, DropoutProbability
 from lit_genai.diffusion.base import DenoisingModule
+from lit_genai.diffusion.editing import Stepper, ddim_stepper, ddpm_stepper, sigma_stepper
 from lit_genai.diffusion.losses import diffusion_loss, prediction_target
 from lit_genai.diffusion.sampling import ddim_sample, ddpm_sample
 from lit_genai.diffusion.schedules import extract, make_betas, q_sample, schedule_tensors
@@ -73,6 +74,19 @@ class DiffusionSampling(paradigm.SamplingSettings):
         prompt: The caption(s) of samples drawn without a ``text`` condition, for a text-conditional
             model (a network with a ``text_encoder``): one string, or a list that sample i takes
             entry i % len of (``predict`` writes which in ``prompts.txt``). None: the empty caption.
+        init_image: Image to image: a PNG, or a folder of PNGs (sample i takes file i % len), of
+            the model's size, to start from (``editing.py``); ``sample(cond={"image": x})`` gives the
+            sources directly. None: plain sampling.
+        strength: SDEdit's t0 (Meng et al. 2022) as a share of the sampler's steps: the source is
+            noised to that level and the last round(strength * steps) steps are run; 0 returns the
+            source, 1 (inpainting's choice) starts from the top of the grid.
+        mask: Inpainting: a PNG (white = fill) or a named region (``left_half``, ``right_half``,
+            ``top_half``, ``bottom_half``, ``center``) to fill; the other pixels are the source's,
+            bit for bit. ``cond={"mask": (n, 1, H, W) bool}`` gives it directly. None: SDEdit.
+        inpaint: ``replacement`` (the known part replaced by the source noised to each level, Song
+            et al. 2021) or ``repaint`` (the same with RePaint's jumps back, Lugmayr et al. 2022).
+        repaint_jump: RePaint's jump length j, in sampler steps (theirs: 10).
+        repaint_resample: RePaint's number of resamplings r (theirs: 10); 1 is the replacement method.
     """
 
     sampler: Sampler = "ddim"
@@ -84,6 +98,12 @@ class DiffusionSampling(paradigm.SamplingSettings):
     clip_denoised: bool = True
     sigma_max: Optional[float] = 80.0
     prompt: Union[str, list[str], None] = None
+    init_image: Optional[str] = None
+    strength: float = 1.0
+    mask: Optional[str] = None
+    inpaint: Literal["replacement", "repaint"] = "replacement"
+    repaint_jump: int = 10
+    repaint_resample: int = 10
 
 
 class Diffusion(DenoisingModule):
@@ -217,8 +237,17 @@ class Diffusion(DenoisingModule):
                 f"unknown sampler {sampler!r}; set model.sampling.sampler to ddpm, ddim, "
                 f"{', '.join(SIGMA_SOLVERS)}"
             )
+        edit = self._edit_inputs(n, cond, settings)
         with paradigm.eval_mode(self.net):
-            if sampler == "ddpm":
+            if edit is not None:  # SDEdit / inpainting with this sampler (editing.py)
+                x = self._edit(
+                    self._stepper(settings, model_fn, clip_denoised, generator),
+                    edit,
+                    settings,
+                    generator,
+                    progress,
+                )
+            elif sampler == "ddpm":
                 x = ddpm_sample(model_fn, shape, self.betas, variance=settings.variance, **common)
             elif sampler in SIGMA_SOLVERS:
                 x = SIGMA_SOLVERS[sampler](
@@ -239,7 +268,39 @@ class Diffusion(DenoisingModule):
                     skip=settings.skip,
                     **common,
                 )
-        return self._to_images(x)  # (n, C, H, W), decoded if latent, clamped to [-1, 1]
+        return self._edited_images(x, edit)  # (n, C, H, W), decoded if latent, clamped to [-1, 1]
+
+    def _stepper(
+        self, settings: DiffusionSampling, model_fn: Any, clip_denoised: bool, generator: paradigm.Generators
+    ) -> Stepper:
+        """The settings' sampler one step at a time, for image to image (``editing.py``)."""
+        prediction = self.hparams.prediction
+        if settings.sampler == "ddpm":
+            return ddpm_stepper(
+                model_fn,
+                self.betas,
+                prediction=prediction,
+                variance=settings.variance,
+                clip_denoised=clip_denoised,
+                generator=generator,
+            )
+        if settings.sampler == "ddim":
+            return ddim_stepper(
+                model_fn,
+                self.alpha_bar,
+                steps=settings.steps,
+                eta=settings.eta,
+                skip=settings.skip,
+                prediction=prediction,
+                clip_denoised=clip_denoised,
+                generator=generator,
+            )
+        return sigma_stepper(
+            vp_denoiser(model_fn, self.alpha_bar, prediction, clip_denoised),
+            self.sigma_grid(settings.steps, sigma_max=settings.sigma_max),
+            settings.sampler,
+            generator=generator,
+        )
 
     def sigma_grid(self, steps: int, rho: float = 7.0, **options: Any) -> Tensor:
         """(steps + 1,) float64 Karras grid (EDM eq. 5) from min(sigma_max, sigma(t = T - 1)) down to

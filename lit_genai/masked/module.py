@@ -56,9 +56,11 @@ from lit_genai import paradigm
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
-from lit_genai.masked.sampling import maskgit_decode
+from lit_genai.masked.sampling import inpainting_tokens, maskgit_decode, token_fill_mask
 from lit_genai.masked.schedules import Schedule, num_to_mask
+from lit_genai.media.sources import cycle, read_images, read_mask
 from lit_genai.nn.cross_attention import TextContext
+from lit_genai.pretrained import load_pretrained
 from lit_genai.text_condition import TextCondition, prompts_for, text_encoder_of
 from lit_genai.token_models import TokenTraining
 
@@ -89,6 +91,14 @@ class MaskedSampling(paradigm.SamplingSettings):
             model: one string, or a list whose entry i % len sample i takes (``predict`` writes which
             in ``prompts.txt``). None: the empty caption (unconditional). Not ``prompt``, which is
             the sequence's own tokens here (the diffusion modules call their caption ``prompt``).
+        init_image: Image inpainting: a PNG, or a folder of PNGs (sample i: file i % len), whose
+            tokens outside ``mask`` are kept and the rest decoded (``sample(cond={"image": ...})``
+            gives images or their token ids directly). Needs ``tokenizer``. None: no source.
+        mask: The region to fill: a PNG (white = fill) or ``left_half``, ``right_half``,
+            ``top_half``, ``bottom_half``, ``center`` (``media.sources``); a token is kept only if
+            all of its pixels are known (``sampling.token_fill_mask``). None with a source: fill nothing.
+        tokenizer: The VQ-VAE checkpoint that turns source images into tokens: the data's
+            (``data.init_args.tokenizer``).
     """
 
     steps: int = 8
@@ -99,6 +109,9 @@ class MaskedSampling(paradigm.SamplingSettings):
     prompt: Optional[Union[str, list[int]]] = None  # sample(prompt=...) also takes a tensor of ids
     hole: str = "_"
     caption: Optional[Union[str, list[str]]] = None
+    init_image: Optional[str] = None
+    mask: Optional[str] = None
+    tokenizer: Optional[str] = None
 
 
 def random_masks(counts: Tensor, scores: Tensor) -> Tensor:
@@ -317,6 +330,9 @@ class MaskedTokens(TokenTraining, LightningModule):
         given = self.encode_prompt(settings.prompt, settings.hole)  # (N0,)
         start[: given.numel()] = given
         tokens = start.to(self.device).expand(n, -1).contiguous()  # (n, N)
+        inpainting = self._inpainting_start(n, cond, settings)
+        if inpainting is not None:  # image inpainting: the source's known tokens, [MASK] elsewhere
+            tokens = inpainting
         with paradigm.eval_mode(self.net):
             condition, null, guidance = self._sampling_conditions(n, cond, settings)
             return maskgit_decode(
@@ -334,6 +350,73 @@ class MaskedTokens(TokenTraining, LightningModule):
                 generator=generator,
                 progress=progress,
             )  # (n, N)
+
+    def sources(self, indices: Sequence[int], **options: Any) -> Optional[dict[str, Tensor]]:
+        """The ``image`` (and ``mask``) conditions ``predict`` gives its sample indices: file i % len
+        of the ``init_image`` and ``mask`` settings (``options`` override them), or None
+        (docs/architecture.md, "Generative modules")."""
+        return self._setting_sources(self.sampling.replace(**options), indices) or None
+
+    def _setting_sources(self, settings: MaskedSampling, indices: Sequence[int]) -> dict[str, Tensor]:
+        named: dict[str, Tensor] = {}
+        if settings.init_image is not None:
+            shape = self._tokenizer(settings).sample_shape  # (C, H, W) of the tokenizer's images
+            named["image"] = cycle(read_images(settings.init_image, shape), indices)
+        if settings.mask is not None:
+            if settings.init_image is None:
+                raise ConfigError("model.sampling.mask needs a source image: set model.sampling.init_image")
+            named["mask"] = cycle(read_mask(settings.mask, named["image"].shape[-2:]), indices)
+        return named
+
+    def _tokenizer(self, settings: MaskedSampling) -> Any:
+        """The frozen VQ-VAE of the ``tokenizer`` setting, read once (not a submodule: not saved)."""
+        if settings.tokenizer is None:
+            raise ConfigError(
+                "image inpainting needs the VQ-VAE that made the tokens: set model.sampling.tokenizer to "
+                "the data's tokenizer checkpoint (data.init_args.tokenizer)"
+            )
+        cached = self.__dict__.get("_vq_tokenizer")
+        if cached is None or cached[0] != settings.tokenizer:
+            from lit_genai.vae.vqvae import VQVAE  # the first stage, read as data/tokens.py reads it
+
+            model = load_pretrained(settings.tokenizer, VQVAE, "model.sampling.tokenizer")
+            cached = (settings.tokenizer, model)
+            self.__dict__["_vq_tokenizer"] = cached
+        return cached[1]
+
+    def _inpainting_start(self, n: int, cond: Cond, settings: MaskedSampling) -> Optional[Tensor]:
+        """``cond``'s ``image`` (images (n, C, H, W), or their token ids (n, N) or (n, h, w)) and
+        ``mask`` (n, 1, H, W) (else the settings' files) -> the start (n, N): the source's tokens,
+        [MASK] at every token with a pixel to fill; None without a source."""
+        named = as_conditions(cond, (*self.conditions, "image", "mask"), f"{type(self).__name__}.sample()")
+        if "image" not in named:
+            named = {**self._setting_sources(settings, range(n)), **named}
+        image, mask = named.get("image"), named.get("mask")
+        if image is None:
+            if mask is not None:
+                raise ConfigError(
+                    "a mask needs a source image: give cond['image'] or model.sampling.init_image"
+                )
+            return None
+        image = torch.as_tensor(image)
+        if image.is_floating_point():  # images: their tokens through the tokenizer
+            tokenizer = self._tokenizer(settings)
+            with torch.no_grad():
+                image = tokenizer.to(self.device).encode(image.to(self.device))  # (n, h, w)
+        if image.dim() == 2:  # (n, N) raster order: a square grid
+            side = int(round(image.shape[1] ** 0.5))
+            image = image.reshape(image.shape[0], side, image.shape[1] // side)
+        if image.shape[0] != n or image[0].numel() != self.block_size:
+            raise ConfigError(
+                f"{type(self).__name__}.sample(): {image.shape[0]} sources of {image[0].numel()} tokens for "
+                f"{n} samples of block_size={self.block_size}"
+            )
+        source = image.reshape(n, -1).to(self.device)  # (n, N)
+        if mask is None:
+            return source
+        mask = torch.as_tensor(mask).bool().expand(n, 1, *torch.as_tensor(mask).shape[-2:])
+        fill = token_fill_mask(mask, tuple(image.shape[-2:]))  # (n, N)
+        return inpainting_tokens(source, fill, self.mask_id)
 
     def encode_prompt(self, prompt: Prompt, hole: Optional[str] = None) -> Tensor:
         """A prompt as (N0,) int64 ids with the [MASK] id at its holes (N0 <= block_size).
@@ -393,7 +476,7 @@ class MaskedTokens(TokenTraining, LightningModule):
         """``sample()``'s ``cond`` -> (the condition of ``maskgit_decode``: (labels (n,) or None, text
         context or None), or None for an unconditional model; its null, the null labels and the
         empty captions; the guidance weight, 0 when only null conditions are asked for)."""
-        named = as_conditions(cond, self.conditions, f"{type(self).__name__}.sample()")
+        named = as_conditions(cond, (*self.conditions, "image", "mask"), f"{type(self).__name__}.sample()")
         labels, null_labels, conditioned = named.get("label"), None, False
         if self.num_classes > 0:
             conditioned = labels is not None

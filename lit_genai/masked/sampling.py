@@ -201,6 +201,26 @@ def maskgit_decode(
     return seq
 
 
+def token_fill_mask(pixel_mask: Tensor, token_shape: tuple[int, int]) -> Tensor:
+    """Where image inpainting fills tokens: (B, 1, H, W) bool pixels to fill -> (B, h·w) bool in raster
+    order. A token covers an (H / h) x (W / w) cell of pixels (the tokenizer's downsampling) and is
+    known only if all of its pixels are: it is filled if any pixel of its cell is."""
+    h, w = (int(s) for s in token_shape)
+    B, _, H, W = pixel_mask.shape
+    if H % h or W % w:
+        raise ConfigError(
+            f"a {H}x{W} mask does not tile a {h}x{w} token grid: give a mask of the images' size"
+        )
+    cells = pixel_mask.reshape(B, h, H // h, w, W // w)  # (B, h, H/h, w, W/w)
+    return cells.any(dim=4).any(dim=2).reshape(B, h * w)  # (B, h·w)
+
+
+def inpainting_tokens(source: Tensor, fill: Tensor, mask_id: int) -> Tensor:
+    """The start of image inpainting: the source's tokens (B, N) with [MASK] where ``fill`` (B, N) is
+    True; ``maskgit_decode`` fills those and keeps the rest, as it keeps a prompt's known tokens."""
+    return torch.where(fill.to(source.device), torch.full_like(source, mask_id), source.long())
+
+
 def _guided_logits(logits_fn: LogitsFn, seq: Tensor, cond: Any, guidance: float, null_cond: Any) -> Tensor:
     """l_cond + w (l_cond - l_uncond) in float32, the two passes as one batch of 2B; w = 0: l_cond."""
     if guidance == 0:

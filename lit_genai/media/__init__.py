@@ -30,7 +30,7 @@ make ``sample`` and ``decode`` right; ``SampleLogger`` and ``SampleWriter``
 (``lit_genai.callbacks.samples``) call the routes.
 
 Files: ``route.py`` the ``Route`` interface and ``sample_names``; ``image.py``, ``audio.py``,
-``text.py`` one medium each.
+``text.py`` one medium each; ``sources.py`` the source images and masks of image to image.
 
 Shape legend: B batch, C channels, H/W spatial, T time (audio frames).
 """

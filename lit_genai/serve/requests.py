@@ -13,6 +13,10 @@ start       index of the first sample (default 0): sample i of ``predict`` is ``
 label       a named condition: a class index or class name, or one per sample; absent: sample i
             gets class ``i % num_classes``, as in ``predict``
 text        a caption, or one per sample, for a text-to-image model (the ``text`` condition)
+image       image to image: a base64 PNG (a ``data:image/png;base64,`` URL too), or one per sample,
+            of the model's size: SDEdit's source, or the image to inpaint (the ``image`` condition)
+mask        the region of ``image`` to fill: a base64 PNG (white = fill) or a named region
+            (``left_half``, ``right_half``, ``top_half``, ``bottom_half``, ``center``)
 prompt      the model's ``prompt`` sampling option: the text a sample starts from (text models), or
             the caption(s) of a text-to-image model, sample i taking caption i % len
 options     sampling options by the module's ``sampling`` names (``steps``, ``temperature``, ...)
@@ -27,7 +31,9 @@ request is queued (``check.RequestCheck``), where it answers 4xx, and in the mod
 builds the ``Job``.
 
 Named conditions are parsed by ``CONDITIONS``: one function per request field (``label``,
-``text``); a condition such as a source image or a mask joins by adding its field and parser there.
+``text``, ``image``, ``mask``); another condition joins by adding its field and parser there. The
+sampling options that name files on the server (``FILE_OPTIONS``: ``init_image``, ``mask``,
+``tokenizer``) are refused: a request sends its source in ``image`` and ``mask``.
 """
 
 from __future__ import annotations
@@ -98,9 +104,10 @@ class Job:
     options: dict[str, Any]
     format: str
 
-    def batch_key(self) -> tuple[str, str]:
-        """Requests with equal keys can share ``module.sample`` calls: same model, same options."""
-        return self.model, repr(sorted(self.options.items()))
+    def batch_key(self) -> tuple[str, str, tuple[str, ...]]:
+        """Requests with equal keys can share ``module.sample`` calls: same model, same options, the
+        same condition names (an image-to-image request is not batched with a plain one)."""
+        return self.model, repr(sorted(self.options.items())), tuple(sorted(self.cond or {}))
 
 
 def parse_request(
@@ -181,6 +188,13 @@ def _options(options: Any, info: ModelInfo, limits: Limits) -> dict[str, Any]:
         raise RequestError(
             400, f"options must be a JSON object of sampling options, got {type(options).__name__}"
         )
+    files = sorted(set(options) & set(FILE_OPTIONS))
+    if files:
+        raise RequestError(
+            400,
+            f"options.{files[0]} names a file on the server: send the source image and mask in the "
+            "request's image and mask fields (base64 PNG)",
+        )
     unknown = sorted(set(options) - set(info.defaults))
     if unknown:
         raise RequestError(
@@ -249,10 +263,86 @@ def _text(value: Any, info: ModelInfo, indices: range) -> list[str]:
     return captions * len(indices) if len(captions) == 1 else captions
 
 
-CONDITIONS: dict[str, Callable[[Any, ModelInfo, range], Any]] = {"label": _label, "text": _text}
+def _png(value: Any, field: str) -> Tensor:
+    """A base64 PNG (or a data URL of one) -> (1, C, H, W) uint8: C = 1 for a grey PNG (or an RGB one
+    whose channels are equal, as ``predict`` writes grey samples), else 3 (RGB); a grey source of an
+    RGB model is repeated over its channels by the module."""
+    import base64
+    import binascii
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str):
+        raise RequestError(400, f"{field} must be a base64 PNG or a list of them, got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[-1], validate=True))) as image:
+            grey = image.mode in ("1", "L", "LA", "I", "I;16")
+            pixels = np.asarray(image.convert("L" if grey else "RGB"))
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        raise RequestError(400, f"{field} is not a base64 PNG") from None
+    tensor = torch.from_numpy(pixels.copy())
+    tensor = tensor[None] if grey else tensor.permute(2, 0, 1)  # (C, H, W) uint8
+    if not grey and bool((tensor == tensor[:1]).all()):  # equal channels (a saved grey sample): grey
+        tensor = tensor[:1]
+    return tensor[None]  # (1, C, H, W)
+
+
+def _per_sample(value: Any, field: str, indices: range) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if len(values) not in (1, len(indices)):
+        raise RequestError(
+            400, f"{len(values)} {field}s for {len(indices)} samples: give one, or one per sample"
+        )
+    return values * len(indices) if len(values) == 1 else values
+
+
+def _takes_images(info: ModelInfo) -> bool:
+    return "image" in info.conditions or "init_image" in info.defaults
+
+
+def _image(value: Any, info: ModelInfo, indices: range) -> Tensor:
+    """One base64 PNG, or one per sample -> (n, C, H, W) source images in [-1, 1]."""
+    import torch
+
+    if not _takes_images(info):
+        raise RequestError(400, f"model {info.name!r} ({info.paradigm}) takes no source image")
+    images = [_png(v, "image") for v in _per_sample(value, "image", indices)]
+    if len({tuple(i.shape) for i in images}) != 1:
+        raise RequestError(400, "the images of one request must have one size")
+    return torch.cat(images).float() / 127.5 - 1.0  # (n, C, H, W), as media.sources.read_images
+
+
+def _mask(value: Any, info: ModelInfo, indices: range) -> Any:
+    """A named region (resolved at the image's size in ``_conditions``), or one base64 PNG or one per
+    sample -> (n, 1, H, W) bool, True where to fill (white)."""
+    import torch
+
+    from lit_genai.media.sources import NAMED_MASKS
+
+    if not _takes_images(info):
+        raise RequestError(400, f"model {info.name!r} ({info.paradigm}) takes no mask")
+    if isinstance(value, str) and value in NAMED_MASKS:
+        return value
+    masks = [_png(v, "mask")[:, :1] >= 128 for v in _per_sample(value, "mask", indices)]
+    if len({tuple(m.shape) for m in masks}) != 1:
+        raise RequestError(400, "the masks of one request must have one size")
+    return torch.cat(masks)  # (n, 1, H, W) bool
+
+
+CONDITIONS: dict[str, Callable[[Any, ModelInfo, range], Any]] = {
+    "label": _label,
+    "text": _text,
+    "image": _image,
+    "mask": _mask,
+}
 """Request field -> parser of its value into the condition of that name (``lit_genai.conditions``)."""
 
 FIELDS = ("model", "n", "seed", "start", *CONDITIONS, "prompt", "options", "format")
+FILE_OPTIONS = ("init_image", "mask", "tokenizer")
+"""Sampling options that name files on the server: never taken from a request."""
 
 
 def _conditions(body: Mapping[str, Any], info: ModelInfo, indices: range) -> Optional[dict[str, Tensor]]:
@@ -265,6 +355,14 @@ def _conditions(body: Mapping[str, Any], info: ModelInfo, indices: range) -> Opt
                 cond[name] = parse(body[name], info, indices)
             except LitGenAIError as error:
                 raise RequestError(400, str(error)) from None
+    if "mask" in cond:
+        if "image" not in cond:
+            raise RequestError(400, "a mask needs the image to fill: give the field image too")
+        if isinstance(cond["mask"], str):  # a named region at the image's size
+            from lit_genai.media.sources import named_mask
+
+            H, W = cond["image"].shape[-2:]
+            cond["mask"] = named_mask(cond["mask"], (H, W)).expand(len(indices), 1, H, W)
     resolved = resolve_cond(info, cond or None, indices)  # no label: i % num_classes, as predict
     if resolved is None:
         return None
