@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.lora import is_adapter
 from lit_genai.sharding import clean_name, configure_gradient_clipping
 
 # ---------------------------------------------------------------------- optimisation (pure)
@@ -125,11 +126,13 @@ def load_net_weights(net: nn.Module, path: str, key: str = "model.init_from") ->
                 f"{where}: net.{name} has shape {list(value.shape)} there but {list(own[name].shape)} "
                 "here: give model.net the checkpoint's network settings"
             )
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    # LoRA adapters (lit_genai.nn.lora) absent from a base checkpoint keep their initialisation
+    adapters = {n for n in set(own) - set(weights) if is_adapter(n)}
+    missing, unexpected = sorted(set(own) - set(weights) - adapters), sorted(set(weights) - set(own))
     if missing or unexpected:
         what = f"lacks net.{missing[0]}" if missing else f"has net.{unexpected[0]}, which model.net lacks"
         raise ConfigError(f"{where}: {what}: give model.net the checkpoint's network settings")
-    net.load_state_dict(weights, strict=True)
+    net.load_state_dict(weights, strict=not adapters)
 
 
 # ---------------------------------------------------------------------- the shared methods

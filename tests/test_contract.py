@@ -41,6 +41,7 @@ from lit_genai.nn.autoencoder import Decoder, Encoder
 from lit_genai.nn.cyclegan import CycleGANGenerator
 from lit_genai.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from lit_genai.nn.dit import DiT
+from lit_genai.nn.lora import LoRAConfig
 from lit_genai.nn.pix2pix import PatchDiscriminator, UNetGenerator
 from lit_genai.nn.pixelcnn import GatedPixelCNN
 from lit_genai.nn.sngan import ResNetDiscriminator, ResNetGenerator
@@ -318,6 +319,21 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
                 num_classes=K,
                 vocabulary=TEXT,
                 sampling=NextTokenSampling(max_new_tokens=5, prompt="ab"),
+            ),
+            Decoding(_text),
+        ),
+    ),
+    "gpt-text-lora": (  # fine-tuning with low-rank adapters (nn/lora.py): the base GPT frozen
+        ("NextToken", ("GPT",), False),
+        lambda ae: (
+            NextToken(
+                _gpt(10, 16, classes=K),
+                vocab_size=10,
+                block_size=16,
+                num_classes=K,
+                vocabulary=TEXT,
+                sampling=NextTokenSampling(max_new_tokens=5, prompt="ab"),
+                lora=LoRAConfig(rank=2, alpha=4.0, targets=("c_attn", "c_fc")),
             ),
             Decoding(_text),
         ),

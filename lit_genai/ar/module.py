@@ -16,6 +16,10 @@ Batches: text pairs ``(x, y[, c])`` (``data.text.CharText``) or token sequences
 and targets by the net's ``target_offset`` (1: logits at t predict token t + 1, GPT; 0: they
 predict token t from the tokens before it, PixelCNN); see ``NextToken._unpack``.
 
+Targets ``-100`` (``IGNORE_INDEX``: the prompt and padding of prompt/response data,
+``data.prompt_response``) are left out of the loss and of every metric below, which count the
+scored tokens only.
+
 Likelihood metrics (docs/architecture.md, "Metric names"), all from the exact NLL of every target
 token of the split:
     ``<stage>/loss``: mean NLL per token in nats;
@@ -34,20 +38,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_genai import paradigm
 from lit_genai.ar.sampling import generate, generate_in_place
+from lit_genai.ar.task_evaluation import evaluate_task
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
+from lit_genai.media.text import log_text, write_text_listing
 from lit_genai.metrics.likelihood import bits_per_dim, perplexity
+from lit_genai.nn.lora import LoRAConfig, apply_lora, merged, trainable_parameters
 from lit_genai.token_models import (  # noqa: F401  (nanogpt_lr & co. are also importable from here)
     TokenTraining,
     decay_parameter_names,
@@ -57,6 +66,7 @@ from lit_genai.token_models import (  # noqa: F401  (nanogpt_lr & co. are also i
 )
 
 Prompt = Union[str, Sequence[int], Tensor, None]
+IGNORE_INDEX = -100  # a target left out of the loss and the metrics (F.cross_entropy's default)
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,12 @@ class NextToken(TokenTraining, LightningModule):
             (fine-tuning); a resumed run (``--ckpt_path``) continues from its own weights instead.
         seed: Base seed of ``predict``: sample i uses the generator seed + i (``paradigm.predict_step``).
         sampling: Inference-time settings (``NextTokenSampling``); kept out of checkpoints.
+        lora: Low-rank adapters (Hu et al. 2022, ``lit_genai.nn.lora.LoRAConfig``: rank, alpha,
+            dropout, targets) on the net's linear layers; the net's own weights are frozen and only
+            the adapters train. ``init_from`` loads a base checkpoint without adapters.
+        task_max_new_tokens: With a prompt/response data module (``data.PromptResponse``), ``test``
+            also answers its test prompts greedily with up to this many tokens and logs exact match,
+            chrF, BLEU and ROUGE-L (``_log_task_scores``); 0: no generation. Not saved in checkpoints.
     """
 
     ema_target = "net"
@@ -150,10 +166,23 @@ class NextToken(TokenTraining, LightningModule):
         init_from: Optional[str] = None,
         seed: int = 0,
         sampling: NextTokenSampling = NextTokenSampling(),
+        lora: Optional[LoRAConfig] = None,
+        task_max_new_tokens: int = 0,
     ) -> None:
         super().__init__()
-        save_plain_hyperparameters(self, objects=("net", "optimizer"))
+        # task_max_new_tokens is a setting of an evaluation, not of the model: kept out of checkpoints
+        save_plain_hyperparameters(self, objects=("net", "optimizer"), ignore=("task_max_new_tokens",))
+        self.task_max_new_tokens = int(task_max_new_tokens)
+        self.task_protocol: Optional[dict[str, Any]] = None  # how the last task scores were measured
         self.net = net
+        if lora is not None:  # LoRA (lit_genai.nn.lora): frozen net, trainable adapters
+            lora = LoRAConfig.of(lora)  # a checkpoint's hyperparameters give it back as a dict
+            self.hparams["lora"] = self._hparams_initial["lora"] = lora.plain()  # weights_only-readable
+            apply_lora(net, lora)
+            trainable, total = trainable_parameters(net)
+            rank_zero_info(
+                f"LoRA rank {lora.rank} on {list(lora.targets)}: {trainable:,} of {total:,} parameters train"
+            )
         self.modality = modality
         self.vocab_size, self.block_size = vocab_size, block_size
         self.num_classes = getattr(net, "num_classes", num_classes)  # the classes the model uses
@@ -207,7 +236,8 @@ class NextToken(TokenTraining, LightningModule):
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         x, y, c, local = self._unpack(batch)  # (B, T), (B, T), (B,) or None, (B, C, frames) or None
         c = drop_labels(c, self._dropout, self.num_classes, self._trainer)  # classifier-free guidance
-        loss = self._token_nll(x, y, c, local).mean()
+        nll, kept = self._token_nll(x, y, c, local), self._kept(y)  # (B * T,) each
+        loss = nll.sum() / kept.sum().clamp(min=1)  # mean over the scored targets (not -100 ones)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -228,6 +258,7 @@ class NextToken(TokenTraining, LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_likelihood("test")
+        self._log_task_scores("test")
 
     def sample(
         self,
@@ -274,7 +305,7 @@ class NextToken(TokenTraining, LightningModule):
             )  # (n, block_size)
         start = self.encode(prompt).to(self.device)  # (T0,)
         idx = start.unsqueeze(0).expand(n, -1).contiguous()  # (n, T0)
-        with paradigm.eval_mode(self.net):
+        with paradigm.eval_mode(self.net), merged(self.net):  # LoRA adapters folded into the weights
             return generate(
                 self.net,
                 idx,
@@ -348,17 +379,58 @@ class NextToken(TokenTraining, LightningModule):
         return x, y, (c if self.num_classes > 0 else None), local
 
     def _token_nll(self, x: Tensor, y: Tensor, c: Optional[Tensor], local: Optional[Tensor] = None) -> Tensor:
-        """NLL in nats of every target token, (B * T,): the cross-entropy of the logits (B, T, V)."""
+        """NLL in nats of every target token, (B * T,): the cross-entropy of the logits (B, T, V);
+        0 at targets ``IGNORE_INDEX`` (-100: prompt and padding of ``data.prompt_response``)."""
         logits = self(x, c, local)  # (B, T, V); bf16 under bf16-mixed, so the softmax is taken in float32
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), y.flatten(), reduction="none", ignore_index=IGNORE_INDEX
+        )
+
+    @staticmethod
+    def _kept(y: Tensor) -> Tensor:
+        """(B * T,) float: 1 where the target is scored, 0 where it is ``IGNORE_INDEX``."""
+        return (y.flatten() != IGNORE_INDEX).float()
 
     def _accumulate_nll(self, batch: Sequence[Tensor]) -> None:
         x, y, c, local = self._unpack(batch)
         nll = self._token_nll(x, y, c, local).detach()  # (B * T,)
-        examples = float(y.shape[0]) if self._sequences else float(nll.numel())
-        count = torch.tensor([float(nll.numel()), examples], device=nll.device)
-        total = torch.cat([nll.sum()[None], count])  # (3,): nats, tokens, examples
+        tokens = self._kept(y).sum()  # the scored targets: all but -100 (prompt, padding)
+        examples = torch.full_like(tokens, float(y.shape[0])) if self._sequences else tokens
+        total = torch.stack([nll.sum(), tokens, examples])  # (3,): nats, tokens, examples
         self._nll_total = total if self._nll_total is None else self._nll_total + total
+
+    def _log_task_scores(self, stage: str) -> None:
+        """Generation-based task metrics (``ar.task_evaluation``) on a prompt/response data module's
+        ``task_examples(stage)``, with ``task_max_new_tokens`` > 0: ``<stage>/exact_match``,
+        ``chrf``, ``bleu``, ``rougeL`` (greedy answers cut at the template's ``stop``), and a few
+        prompt / reference / output rows for the loggers and ``predictions/task_<stage>.txt``."""
+        data = getattr(self.trainer, "datamodule", None)
+        if self.task_max_new_tokens <= 0 or not callable(getattr(data, "task_examples", None)):
+            return
+        examples = data.task_examples(stage)
+        if not examples:
+            return
+        stop = getattr(getattr(data, "template", None), "stop", None) or "\n"
+        scores, rows = evaluate_task(self, examples, self.task_max_new_tokens, stop=(stop,))
+        for name, value in scores.items():  # every rank answers every prompt: the same numbers
+            self.log(f"{stage}/{name}", value, sync_dist=True)
+        self.task_protocol = {
+            "split": stage,
+            "examples": len(examples),
+            "greedy": True,
+            "max_new_tokens": self.task_max_new_tokens,
+            "stop": stop,
+        }
+        texts = [
+            f"prompt: {r['prompt'].rstrip()}\nreference: {r['reference']}\noutput: {r['output']}"
+            for r in rows
+        ]
+        log_text(self.trainer, f"{stage}/task_examples", texts)
+        if self.trainer.is_global_zero:
+            folder = Path(self.trainer.default_root_dir) / "predictions"
+            write_text_listing(
+                folder / f"task_{stage}.txt", [f"example {i}" for i in range(len(texts))], texts
+            )
 
     def _log_likelihood(self, stage: str) -> None:
         """``<stage>/loss`` (mean NLL per token), ``nll_nats``, ``ppl`` and ``bpd`` of the whole

@@ -171,6 +171,9 @@ class Evaluation(Callback):
         likelihood_protocol = getattr(pl_module, "likelihood_protocol", None)
         if callable(likelihood_protocol):  # what the likelihood numbers measure (e.g. the VAE's)
             payload["likelihood_protocol"] = likelihood_protocol()
+        task_protocol = getattr(pl_module, "task_protocol", None)
+        if task_protocol:  # how a language model's task scores were measured (ar.NextToken)
+            payload["task_protocol"] = task_protocol
         path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         rank_zero_info(f"Test results written to {path}")
 

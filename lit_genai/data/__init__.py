@@ -13,6 +13,7 @@ from lit_genai.data.images import (
     TorchvisionDataModule,
 )
 from lit_genai.data.pixels import ImagePixels
+from lit_genai.data.prompt_response import PromptResponse
 from lit_genai.data.shapes import CaptionedShapes
 from lit_genai.data.text import CharText
 from lit_genai.data.tokens import ImageTokens
@@ -41,6 +42,7 @@ __all__ = [
     "ImageFolder",
     "ImagePixels",
     "ProceduralNotes",
+    "PromptResponse",
     "ImageTokens",
     "MNIST5k",
     "TorchvisionDataModule",

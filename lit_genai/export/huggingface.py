@@ -39,6 +39,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from lit_genai.errors import ConfigError
+from lit_genai.nn.lora import lora_layers, merged_copy
 from lit_genai.nn.transformer import GPT
 
 # Conv1D weights of GPT-2, stored (in, out): the transpose of our nn.Linear's (out, in)
@@ -75,8 +76,8 @@ def check_exportable(module: LightningModule) -> GPT:
         refused = "causal: false (bidirectional attention; GPT-2 is causal)"
     elif not isinstance(net.transformer.h[0].mlp.act, torch.nn.GELU):
         refused = f"activation {type(net.transformer.h[0].mlp.act).__name__} (GPT-2: gelu or gelu_tanh)"
-    else:
-        return net
+    else:  # LoRA adapters (lit_genai.nn.lora) folded into their weights: GPT-2's layers have none
+        return merged_copy(net) if lora_layers(net) else net
     raise ConfigError(f"--format transformers: GPT2LMHeadModel cannot hold model.net with {refused}")
 
 
