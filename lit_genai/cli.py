@@ -96,6 +96,7 @@ LINKED_FROM_DATA = (
     "num_classes",
     "class_names",
     "vocabulary",
+    "prompt_template",
     "text_vocabulary",
     "attribute_names",
     "attribute_values",

@@ -285,3 +285,26 @@ def test_char_vocabulary_decodes_and_restores_from_the_state(jsonl):
     other = PromptResponse(path=jsonl, template="alpaca", block_size=256, val_fraction=0.2)
     other.load_state_dict(state)
     assert other.vocabulary == data.vocabulary
+
+
+def test_a_text_prompt_is_rendered_with_the_datas_template():
+    """``NextToken(prompt_template=data.prompt_template)`` (what the command line links) renders a
+    text prompt as the training prompts were: its samples equal those of the same net given the
+    rendered prompt; a prompt of token ids is taken as it is."""
+    from lit_genai.data.templates import render_prompt
+    from lit_genai.nn.transformer import GPT
+
+    data = PromptResponse(task="numbers_fr", block_size=96)
+    data.setup("fit")
+    torch.manual_seed(0)
+    net = GPT(vocab_size=data.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=16)
+    kwargs = dict(vocab_size=data.vocab_size, block_size=96, vocabulary=data.vocabulary)
+    templated = NextToken(net, prompt_template=data.prompt_template, **kwargs)
+    plain = NextToken(net, **kwargs)
+    text = "translate to French: five hundred and twelve"
+    rendered = render_prompt(data.template, text)
+    assert rendered == text + "\n"  # the plain template: the user's line, then the answer's
+    draw = dict(max_new_tokens=4, temperature=0.0)
+    assert torch.equal(templated.sample(1, prompt=text, **draw), plain.sample(1, prompt=rendered, **draw))
+    ids = plain.encode(text)
+    assert torch.equal(templated.sample(1, prompt=ids, **draw), plain.sample(1, prompt=ids, **draw))

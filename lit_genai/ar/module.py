@@ -52,6 +52,7 @@ from lit_genai import paradigm
 from lit_genai.ar.sampling import generate, generate_in_place
 from lit_genai.ar.task_evaluation import evaluate_task
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
+from lit_genai.data.templates import get_template, render_prompt
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.media.text import log_text, write_text_listing
@@ -141,6 +142,10 @@ class NextToken(TokenTraining, LightningModule):
         task_max_new_tokens: With a prompt/response data module (``data.PromptResponse``), ``test``
             also answers its test prompts greedily with up to this many tokens and logs exact match,
             chrF, BLEU and ROUGE-L (``_log_task_scores``); 0: no generation. Not saved in checkpoints.
+        prompt_template: The prompt template of prompt/response data (``data.templates``; linked from
+            ``data.PromptResponse``): a text ``prompt`` of ``sample`` / ``predict`` is rendered with it
+            (``"translate to French: five"`` -> ``"translate to French: five\n"`` with ``plain``), as
+            the training prompts were; prompts given as token ids are taken as they are.
     """
 
     ema_target = "net"
@@ -168,12 +173,14 @@ class NextToken(TokenTraining, LightningModule):
         sampling: NextTokenSampling = NextTokenSampling(),
         lora: Optional[LoRAConfig] = None,
         task_max_new_tokens: int = 0,
+        prompt_template: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         # task_max_new_tokens is a setting of an evaluation, not of the model: kept out of checkpoints
         save_plain_hyperparameters(self, objects=("net", "optimizer"), ignore=("task_max_new_tokens",))
         self.task_max_new_tokens = int(task_max_new_tokens)
         self.task_protocol: Optional[dict[str, Any]] = None  # how the last task scores were measured
+        self.template = None if prompt_template is None else get_template(prompt_template)
         self.net = net
         if lora is not None:  # LoRA (lit_genai.nn.lora): frozen net, trainable adapters
             lora = LoRAConfig.of(lora)  # a checkpoint's hyperparameters give it back as a dict
@@ -291,6 +298,8 @@ class NextToken(TokenTraining, LightningModule):
             labels = labels.to(self.device, torch.long)
         draw = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
         prompt = settings.prompt
+        if self.template is not None and isinstance(prompt, str):  # as the fine-tuning prompts were
+            prompt = render_prompt(self.template, prompt)
         if self.target_offset == 0:  # fill all block_size positions in order, the prompt's first
             return generate_in_place(
                 self.net,

@@ -326,6 +326,12 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoints
     @property
+    def prompt_template(self) -> dict[str, Any]:
+        """The template as plain strings, linked into ``NextToken.prompt_template`` by the command
+        line: a text prompt of ``sample`` / ``predict`` is rendered as the training prompts were."""
+        return {"prefix": self.template.prefix, "roles": dict(self.template.roles)}
+
+    @property
     def decoder(self) -> TextDecoder:
         """What ``decode`` does: token ids -> strings through this tokenizer and vocabulary."""
         vocabulary = None if self.vocabulary is None else tuple(self.vocabulary)
@@ -334,9 +340,8 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The tokenizer, its vocabulary and the template: a checkpoint decodes samples and renders
         prompts without the data (``lit_genai.data.decoders``)."""
-        template = {"prefix": self.template.prefix, "roles": dict(self.template.roles)}
         return decoder_state(
-            self.decoder, tokenizer=self.tokenizer, vocabulary=self.vocabulary, template=template
+            self.decoder, tokenizer=self.tokenizer, vocabulary=self.vocabulary, template=self.prompt_template
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
