@@ -56,11 +56,10 @@ from lit_genai import paradigm
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
-from lit_genai.masked.sampling import inpainting_tokens, maskgit_decode, token_fill_mask
+from lit_genai.masked.inpainting import inpainting_start, load_tokenizer, setting_sources
+from lit_genai.masked.sampling import maskgit_decode
 from lit_genai.masked.schedules import Schedule, num_to_mask
-from lit_genai.media.sources import cycle, read_images, read_mask
 from lit_genai.nn.cross_attention import TextContext
-from lit_genai.pretrained import load_pretrained
 from lit_genai.text_condition import TextCondition, prompts_for, text_encoder_of
 from lit_genai.token_models import TokenTraining
 
@@ -358,65 +357,33 @@ class MaskedTokens(TokenTraining, LightningModule):
         return self._setting_sources(self.sampling.replace(**options), indices) or None
 
     def _setting_sources(self, settings: MaskedSampling, indices: Sequence[int]) -> dict[str, Tensor]:
-        named: dict[str, Tensor] = {}
-        if settings.init_image is not None:
-            shape = self._tokenizer(settings).sample_shape  # (C, H, W) of the tokenizer's images
-            named["image"] = cycle(read_images(settings.init_image, shape), indices)
-        if settings.mask is not None:
-            if settings.init_image is None:
-                raise ConfigError("model.sampling.mask needs a source image: set model.sampling.init_image")
-            named["mask"] = cycle(read_mask(settings.mask, named["image"].shape[-2:]), indices)
-        return named
+        return setting_sources(settings.init_image, settings.mask, indices, lambda: self._tokenizer(settings))
 
     def _tokenizer(self, settings: MaskedSampling) -> Any:
         """The frozen VQ-VAE of the ``tokenizer`` setting, read once (not a submodule: not saved)."""
-        if settings.tokenizer is None:
-            raise ConfigError(
-                "image inpainting needs the VQ-VAE that made the tokens: set model.sampling.tokenizer to "
-                "the data's tokenizer checkpoint (data.init_args.tokenizer)"
-            )
         cached = self.__dict__.get("_vq_tokenizer")
         if cached is None or cached[0] != settings.tokenizer:
-            from lit_genai.vae.vqvae import VQVAE  # the first stage, read as data/tokens.py reads it
-
-            model = load_pretrained(settings.tokenizer, VQVAE, "model.sampling.tokenizer")
-            cached = (settings.tokenizer, model)
+            cached = (settings.tokenizer, load_tokenizer(settings.tokenizer))
             self.__dict__["_vq_tokenizer"] = cached
         return cached[1]
 
     def _inpainting_start(self, n: int, cond: Cond, settings: MaskedSampling) -> Optional[Tensor]:
-        """``cond``'s ``image`` (images (n, C, H, W), or their token ids (n, N) or (n, h, w)) and
-        ``mask`` (n, 1, H, W) (else the settings' files) -> the start (n, N): the source's tokens,
-        [MASK] at every token with a pixel to fill; None without a source."""
-        named = as_conditions(cond, (*self.conditions, "image", "mask"), f"{type(self).__name__}.sample()")
+        """``cond``'s ``image`` and ``mask`` (else the settings' files) -> the start (n, N), or None
+        without a source (``masked/inpainting.py``)."""
+        owner = f"{type(self).__name__}.sample()"
+        named = as_conditions(cond, (*self.conditions, "image", "mask"), owner)
         if "image" not in named:
             named = {**self._setting_sources(settings, range(n)), **named}
-        image, mask = named.get("image"), named.get("mask")
-        if image is None:
-            if mask is not None:
-                raise ConfigError(
-                    "a mask needs a source image: give cond['image'] or model.sampling.init_image"
-                )
-            return None
-        image = torch.as_tensor(image)
-        if image.is_floating_point():  # images: their tokens through the tokenizer
-            tokenizer = self._tokenizer(settings)
-            with torch.no_grad():
-                image = tokenizer.to(self.device).encode(image.to(self.device))  # (n, h, w)
-        if image.dim() == 2:  # (n, N) raster order: a square grid
-            side = int(round(image.shape[1] ** 0.5))
-            image = image.reshape(image.shape[0], side, image.shape[1] // side)
-        if image.shape[0] != n or image[0].numel() != self.block_size:
-            raise ConfigError(
-                f"{type(self).__name__}.sample(): {image.shape[0]} sources of {image[0].numel()} tokens for "
-                f"{n} samples of block_size={self.block_size}"
-            )
-        source = image.reshape(n, -1).to(self.device)  # (n, N)
-        if mask is None:
-            return source
-        mask = torch.as_tensor(mask).bool().expand(n, 1, *torch.as_tensor(mask).shape[-2:])
-        fill = token_fill_mask(mask, tuple(image.shape[-2:]))  # (n, N)
-        return inpainting_tokens(source, fill, self.mask_id)
+        return inpainting_start(
+            named.get("image"),
+            named.get("mask"),
+            n,
+            self.block_size,
+            self.mask_id,
+            lambda: self._tokenizer(settings),
+            self.device,
+            owner,
+        )
 
     def encode_prompt(self, prompt: Prompt, hole: Optional[str] = None) -> Tensor:
         """A prompt as (N0,) int64 ids with the [MASK] id at its holes (N0 <= block_size).
