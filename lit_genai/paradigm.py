@@ -197,6 +197,16 @@ def predict_sources(module: Any, indices: Sequence[int]) -> Optional[dict[str, T
     return sources(indices) if callable(sources) else None
 
 
+def finished(module: Any, medium: Any, options: Optional[dict[str, Any]] = None) -> Any:
+    """Decoded samples as the user gets them from ``predict``, ``lit_genai.generate`` and the
+    service: through the module's optional ``responses(texts, **options)`` for text (a fine-tuned
+    chat model's answers cut at its template's stop, ``ar.chat``), else as they are."""
+    responses = getattr(module, "responses", None)
+    if callable(responses) and isinstance(medium, list):
+        return responses(medium, **(options or {}))
+    return medium
+
+
 def predict_prompts(module: Any, indices: Sequence[int]) -> Optional[list[str]]:
     """The caption ``predict`` gives sample i of a text-conditional module (its optional
     ``prompts(indices)``: the sampling settings' prompt, cycled), or None."""

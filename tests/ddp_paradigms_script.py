@@ -132,6 +132,7 @@ BATCHES: dict[str, Batch] = {
     "vae-mlp": _images((1, 28, 28)),  # grey: binarised by the module (dynamic)
     "gpt-text": _text(16, 10, labelled=True),
     "gpt-text-lora": _text(16, 10, labelled=True),
+    "gpt2-chat-lora": _text(16, 10, labelled=False),
     "pixelcnn-pixels": _sequences(16, 2),  # 1x4x4 binary pixels
     "wavenet-audio": _sequences(33, 256),  # block_size 32 + the target
     "maskgit-image-tokens": _sequences(4, 8),  # 2x2 tokens of an 8-code tokenizer

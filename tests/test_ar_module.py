@@ -263,6 +263,7 @@ def test_sampling_settings_are_one_dataclass_and_an_unknown_option_is_one_line()
         "top_p": None,
         "prompt": None,
         "class_label": None,
+        "conversation": None,
     }
     assert (
         model.sampling_settings(temperature=0.5)["temperature"] == 0.5 and model.sampling.temperature == 1.0

@@ -2,6 +2,7 @@
 
 import glob
 import importlib
+import json
 import sys
 from pathlib import Path
 from unittest import mock
@@ -121,6 +122,47 @@ def _stand_in_autoencoder(folder: Path, config: dict) -> Path:
     return folder / "autoencoder.ckpt"
 
 
+def _stand_in_gpt2(folder: Path) -> tuple[Path, Path]:
+    """A Hugging Face GPT-2 folder of a tiny random GPT-2 (config.json, pytorch_model.bin) with a
+    tiny BPE tokenizer (vocab.json, merges.txt), and a JSONL file of four Alpaca records."""
+    from test_gpt2_tokenizer import write_tokenizer
+
+    from lit_genai.export.huggingface import gpt2_config, gpt2_state_dict
+    from lit_genai.nn.transformer import GPT
+
+    gpt2 = write_tokenizer(folder / "gpt2")
+    vocab_size = len(json.loads((gpt2 / "vocab.json").read_text(encoding="utf-8")))
+    net = GPT(
+        vocab_size=vocab_size,
+        block_size=512,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        bias=True,
+        activation="gelu_tanh",
+    )
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", **gpt2_config(net)}))
+    torch.save(gpt2_state_dict(net), gpt2 / "pytorch_model.bin")
+    records = folder / "alpaca.jsonl"
+    lines = [
+        {"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(i)))}
+        for i in (2, 3, 4, 5)
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return gpt2, records
+
+
+def _stand_in_text_base(folder: Path) -> Path:
+    """A checkpoint holding what a fine-tuning's data reads from its base (``vocabulary_from``): the
+    text demo's character vocabulary, the characters of the help topics."""
+    from lit_genai.data.text_sources import pydoc_topics
+    from lit_genai.data.tokenizers import vocabulary_of
+
+    path = folder / "text_demo.ckpt"
+    torch.save({"hyper_parameters": {"vocabulary": vocabulary_of(list(pydoc_topics().values()))}}, path)
+    return path
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[Path(p).stem for p in EXPERIMENTS])
 def test_every_experiment_instantiates(path, tmp_path, request):
     args = ["--config", path, "--trainer.default_root_dir", str(tmp_path)]
@@ -140,6 +182,12 @@ def test_every_experiment_instantiates(path, tmp_path, request):
         shapes = "lit_genai.data.CaptionedShapes" in text
         tokenizer = request.getfixturevalue("stand_in_shapes_tokenizer" if shapes else "stand_in_tokenizer")
         args += ["--data.init_args.tokenizer", str(tokenizer)]
+    if "PretrainedGPT2" in text:  # a local GPT-2 folder (weights and tokenizer) and Alpaca records
+        folder, records = _stand_in_gpt2(tmp_path)
+        args += ["--model.init_args.net.init_args.folder", str(folder)]
+        args += ["--data.init_args.tokenizer_folder", str(folder), "--data.init_args.path", str(records)]
+    if "vocabulary_from:" in text:  # the base model's vocabulary: the text demo's checkpoint
+        args += ["--data.init_args.vocabulary_from", str(_stand_in_text_base(tmp_path))]
     config = yaml.safe_load(text)
     if (config.get("model") or {}).get("init_args", {}).get("autoencoder"):  # another experiment's output
         args += ["--model.init_args.autoencoder", str(_stand_in_autoencoder(tmp_path, config))]

@@ -14,7 +14,9 @@ paradigm joins by adding one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from lit_genai import paradigm
 from lit_genai.ar import NextToken, NextTokenSampling
+from lit_genai.ar.pretrained import PretrainedGPT2
 from lit_genai.callbacks import SampleWriter
 from lit_genai.callbacks.evaluation import Evaluation
 from lit_genai.conditions import check_conditions
@@ -126,6 +129,23 @@ def _gpt(vocab: int, block: int, causal: bool = True, classes: int = 0) -> GPT:
     return GPT(
         vocab_size=vocab, block_size=block, n_layer=1, n_head=2, n_embd=16, causal=causal, num_classes=classes
     )
+
+
+@functools.cache
+def _gpt2_folder() -> str:
+    """A Hugging Face GPT-2 folder (config.json, pytorch_model.bin) of a tiny random GPT-2 of the
+    text rows' vocabulary, written once per process: what ``PretrainedGPT2`` starts from."""
+    from lit_genai.export.huggingface import gpt2_config, gpt2_state_dict
+
+    folder = Path(tempfile.mkdtemp(prefix="lit-genai-gpt2-"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = GPT(
+            vocab_size=10, block_size=16, n_layer=1, n_head=2, n_embd=16, bias=True, activation="gelu_tanh"
+        )
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", **gpt2_config(net)}))
+    torch.save(gpt2_state_dict(net), folder / "pytorch_model.bin")
+    return str(folder)
 
 
 def _caption_encoder() -> TextEncoder:
@@ -334,6 +354,21 @@ GENERATIVE: dict[str, tuple[tuple[str, tuple[str, ...], bool], Callable[[Path], 
                 vocabulary=TEXT,
                 sampling=NextTokenSampling(max_new_tokens=5, prompt="ab"),
                 lora=LoRAConfig(rank=2, alpha=4.0, targets=("c_attn", "c_fc")),
+            ),
+            Decoding(_text),
+        ),
+    ),
+    "gpt2-chat-lora": (  # GPT-2 weights from a local folder, LoRA, a prompt template (responses)
+        ("NextToken", ("PretrainedGPT2",), False),
+        lambda ae: (
+            NextToken(
+                PretrainedGPT2(_gpt2_folder()),
+                vocab_size=10,
+                block_size=16,
+                vocabulary=TEXT,
+                sampling=NextTokenSampling(max_new_tokens=5, prompt="ab"),
+                lora=LoRAConfig(rank=2, alpha=4.0),
+                prompt_template={"prefix": "", "roles": {"user": "{content}j", "assistant": "{content}j"}},
             ),
             Decoding(_text),
         ),

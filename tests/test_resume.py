@@ -69,7 +69,7 @@ def _examples(name: str, module: Any) -> tuple[Tensor, ...]:
     n = STEPS_PER_EPOCH * BATCH
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, K, (n,), generator=g)
-    if name in ("gpt-text", "gpt-text-lora"):  # text pairs (x (B, T), y (B, T), label (B,))
+    if name in ("gpt-text", "gpt-text-lora", "gpt2-chat-lora"):  # text pairs (x (B, T), y (B, T), label (B,))
         ids = torch.randint(0, 10, (n, 17), generator=g)
         return ids[:, :-1], ids[:, 1:], labels
     tokens = {  # token sequences (tokens (B, N), labels (B,)): (vocabulary, N)

@@ -78,7 +78,7 @@ def generate(
         chunk_cond = _rows(conditions, first, first + len(chunk))
         with torch.no_grad():
             samples = module.sample(len(chunk), cond=chunk_cond, generator=generators, **options)
-        parts.append(decode(module, samples))
+        parts.append(paradigm.finished(module, decode(module, samples), options))
     return join(parts)
 
 

@@ -49,10 +49,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_genai import paradigm
+from lit_genai.ar.chat import prompt_text, response
 from lit_genai.ar.sampling import generate, generate_in_place
 from lit_genai.ar.task_evaluation import evaluate_task
 from lit_genai.conditions import Cond, DropoutProbability, as_conditions, condition_dropout, drop_labels
-from lit_genai.data.templates import get_template, render_prompt
+from lit_genai.data.templates import get_template
 from lit_genai.errors import ConfigError
 from lit_genai.hparams import save_plain_hyperparameters
 from lit_genai.media.text import log_text, write_text_listing
@@ -86,6 +87,9 @@ class NextTokenSampling(paradigm.SamplingSettings):
         class_label: Condition every sample on this class: its name in ``class_names`` or its
             index (a class-conditional net only). None: ``predict`` cycles through the classes
             (sample i gets class i mod num_classes) and ``sample`` uses the given ``cond``.
+        conversation: The turns so far, for a model fine-tuned on prompt/response data (its
+            ``prompt_template``): a JSON file of ``{"messages": [{"role", "content"}, ...]}`` or the
+            list of turns; every sample is the next assistant turn (``ar.chat``). Replaces ``prompt``.
     """
 
     max_new_tokens: int = 256
@@ -94,6 +98,7 @@ class NextTokenSampling(paradigm.SamplingSettings):
     top_p: Optional[float] = None
     prompt: Optional[Union[str, list[int]]] = None  # sample(prompt=...) also takes a tensor of ids
     class_label: Optional[Union[str, int]] = None
+    conversation: Optional[Union[str, list[dict[str, str]]]] = None
 
 
 # ---------------------------------------------------------------------- the module
@@ -297,9 +302,7 @@ class NextToken(TokenTraining, LightningModule):
             labels = torch.full((n,), self.num_classes, device=self.device) if labels is None else labels
             labels = labels.to(self.device, torch.long)
         draw = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-        prompt = settings.prompt
-        if self.template is not None and isinstance(prompt, str):  # as the fine-tuning prompts were
-            prompt = render_prompt(self.template, prompt)
+        prompt = prompt_text(self.template, settings.prompt, settings.conversation)  # as in fine-tuning
         if self.target_offset == 0:  # fill all block_size positions in order, the prompt's first
             return generate_in_place(
                 self.net,
@@ -345,6 +348,22 @@ class NextToken(TokenTraining, LightningModule):
         )
         raise ConfigError(f"model.sampling.class_label={label!r} is not one of the model's classes ({known})")
 
+    def response(self, text: str, **options: Any) -> Optional[tuple[str, bool]]:
+        """With a prompt template and a text prompt or conversation (``options`` over
+        ``self.sampling``): (the response in the decoded sample ``text``, cut at the template's
+        stop; whether the stop was reached), ``ar.chat.response``. None otherwise."""
+        settings = self.sampling.replace(**options)
+        prompt = prompt_text(self.template, settings.prompt, settings.conversation)
+        if self.template is None or not isinstance(prompt, str):
+            return None
+        return response(text, prompt, self.template.stop)
+
+    def responses(self, texts: list[str], **options: Any) -> list[str]:
+        """Decoded samples as a user reads them (``paradigm.finished``): a fine-tuned model's
+        responses (``response``), other text as it is."""
+        cut = [self.response(text, **options) for text in texts]
+        return [text if part is None else part[0] for text, part in zip(texts, cut, strict=True)]
+
     def encode(self, prompt: Prompt) -> Tensor:
         """A prompt as token ids (T0,) int64: text through the vocabulary, ids as they are.
 
@@ -358,6 +377,8 @@ class NextToken(TokenTraining, LightningModule):
             return prompt.detach().to("cpu", torch.long).flatten()
         if not isinstance(prompt, str):
             return torch.tensor([int(t) for t in prompt], dtype=torch.long)
+        if self.vocabulary is None and (tokenize := self._text_tokenizer()) is not None:
+            return tokenize(prompt).to("cpu", torch.long).flatten()  # byte / GPT-2 BPE text
         if self.vocabulary is None:
             if not re.fullmatch(r"\s*\d+(\s*[,\s]\s*\d+)*\s*", prompt):
                 raise ConfigError(
@@ -366,6 +387,17 @@ class NextToken(TokenTraining, LightningModule):
                 )
             return torch.tensor([int(t) for t in re.findall(r"\d+", prompt)], dtype=torch.long)
         return torch.tensor(self._encode_text(prompt), dtype=torch.long)
+
+    def _text_tokenizer(self) -> Optional[Any]:
+        """text -> ids (T,) for a text model without a char vocabulary (byte, GPT-2 BPE): the loaded
+        checkpoint's decoder (``lit_genai.load``) or the attached data module; None without either."""
+        if self.modality != "text":
+            return None
+        decoder = getattr(self, "media_decoder", None)
+        if callable(getattr(decoder, "encode", None)):
+            return decoder.encode
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return data.encode if callable(getattr(data, "encode", None)) else None
 
     def _unpack(self, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
         """A batch -> inputs x, targets y, labels (B,) or None (unused by an unconditional net),
@@ -420,7 +452,14 @@ class NextToken(TokenTraining, LightningModule):
         if not examples:
             return
         stop = getattr(getattr(data, "template", None), "stop", None) or "\n"
-        scores, rows = evaluate_task(self, examples, self.task_max_new_tokens, stop=(stop,))
+        scores, rows = evaluate_task(
+            self,
+            examples,
+            self.task_max_new_tokens,
+            stop=(stop,),
+            encode=lambda text: data.encode(text).tolist(),  # the data's tokenizer: char, byte or GPT-2
+            decode=lambda ids: data.decode(torch.tensor([list(ids)], dtype=torch.long))[0],
+        )
         for name, value in scores.items():  # every rank answers every prompt: the same numbers
             self.log(f"{stage}/{name}", value, sync_dist=True)
         self.task_protocol = {

@@ -157,7 +157,9 @@ class SampleWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        decoded = media.to_media(trainer.datamodule, pl_module.modality, prediction)
+        decoded = paradigm.finished(
+            pl_module, media.to_media(trainer.datamodule, pl_module.modality, prediction)
+        )
         route = media.ROUTES[pl_module.modality]
         indices = [int(i) for i in batch.tolist()]
         self.written.extend(route.write(self.resolve_dir(trainer), media.sample_names(indices), decoded))

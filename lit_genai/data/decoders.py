@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from lit_genai.data.audio.dsp import NUM_CLASSES, mu_law_decode
-from lit_genai.data.tokenizers import decode_ids, gpt2_encoding
+from lit_genai.data.tokenizers import char_index, decode_ids, encode_text, gpt2_encoding
 from lit_genai.errors import ConfigError
 from lit_genai.media import Waveforms, to_uint8
 
@@ -53,27 +53,38 @@ class ImageDecoder:
 
 @dataclasses.dataclass(frozen=True)
 class TextDecoder:
-    """Token ids (B, T) -> B strings (``data.tokenizers``).
+    """Token ids (B, T) -> B strings (``data.tokenizers``); ``encode`` the other way.
 
     Args:
         tokenizer: ``char``, ``byte`` or ``gpt2``.
         vocabulary: The characters of the ids (``char``), else None.
         vocab_size: The number of ids.
+        folder: The local GPT-2 tokenizer folder (``vocab.json`` and ``merges.txt``) of ``gpt2``,
+            else None (``gpt2``: tiktoken's own files).
     """
 
     tokenizer: str
     vocabulary: Optional[tuple[str, ...]]
     vocab_size: int
+    folder: Optional[str] = dataclasses.field(default=None, metadata={"omit_none": True})
     modality = "text"
 
     def __post_init__(self) -> None:
         if self.vocabulary is not None:  # a list from a checkpoint: frozen and hashable as a tuple
             object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
 
+    def _encoding(self) -> Any:
+        """The gpt2 ``tiktoken`` encoding (cached by ``gpt2_encoding``), or None."""
+        return gpt2_encoding(self.folder) if self.tokenizer == "gpt2" else None
+
     def __call__(self, tokens: Tensor) -> list[str]:
-        encoding = gpt2_encoding() if self.tokenizer == "gpt2" else None
         vocabulary = None if self.vocabulary is None else list(self.vocabulary)
-        return decode_ids(tokens, encoding, vocabulary, self.vocab_size)
+        return decode_ids(tokens, self._encoding(), vocabulary, self.vocab_size)
+
+    def encode(self, text: str) -> Tensor:
+        """A string -> its token ids (T,) int64 through the same tokenizer (``encode_text``)."""
+        index = char_index(None if self.vocabulary is None else list(self.vocabulary))
+        return encode_text(text, self._encoding(), index, self.vocab_size)  # (T,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +129,15 @@ class PixelDecoder:
 
 
 def decoder_config(decoder: Any) -> dict[str, Any]:
-    """``{"class_path": ..., "init_args": {...}}`` of a decoder (plain values: lists for tuples)."""
+    """``{"class_path": ..., "init_args": {...}}`` of a decoder (plain values: lists for tuples); a
+    field marked ``omit_none`` is left out while None (configs as before it existed)."""
 
     def plain(value: Any) -> Any:
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
     cls = type(decoder)
     fields = [f for f in dataclasses.fields(decoder) if f.metadata.get("config", True)]
+    fields = [f for f in fields if not (f.metadata.get("omit_none") and getattr(decoder, f.name) is None)]
     init_args = {f.name: plain(getattr(decoder, f.name)) for f in fields}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 

@@ -52,7 +52,14 @@ from lit_genai.data.decoders import TextDecoder, decoder_state
 from lit_genai.data.language_tasks import build_task
 from lit_genai.data.loaders import SplitLoaders
 from lit_genai.data.templates import Message, Template, get_template, render, render_prompt
-from lit_genai.data.tokenizers import char_index, decode_ids, encode_text, gpt2_encoding, vocabulary_of
+from lit_genai.data.tokenizers import (
+    char_index,
+    decode_ids,
+    encode_text,
+    gpt2_encoding,
+    gpt2_folder_digest,
+    vocabulary_of,
+)
 from lit_genai.errors import ConfigError
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index; Alpaca's IGNORE_INDEX
@@ -107,22 +114,36 @@ def record_messages(record: Any, where: str) -> Conversation:
 
 
 def read_jsonl(path: Union[str, Path], template: Optional[Template] = None) -> list[Conversation]:
-    """A JSON Lines file -> one conversation per non-blank line; a bad line (or, given ``template``,
-    a role it does not know) is one ``ConfigError`` naming the file and its line number."""
+    """A JSON Lines file -> one conversation per non-blank line, or a ``.json`` file holding one list
+    of records (Alpaca's ``alpaca_data.json``) -> one per record; a bad line or record (or, given
+    ``template``, a role it does not know) is one ``ConfigError`` naming the file and its line or
+    record number."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
             f"{_KEY}.path={str(path)!r}: no such file (a JSON Lines file of prompt/response records)"
         )
-    out = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file.name} line {number}"
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".json":
         try:
-            record = json.loads(line)
+            records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+            raise ConfigError(f"{file.name}: not valid JSON ({err.msg} at line {err.lineno})") from err
+        if not isinstance(records, list):
+            raise ConfigError(f"{file.name}: a .json file must hold a list of records (or use JSON Lines)")
+        numbered = [(f"{file.name} record {i}", record) for i, record in enumerate(records)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{file.name} line {number}"
+            try:
+                numbered.append((where, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+    out = []
+    for where, record in numbered:
         messages = record_messages(record, where)
         if template is not None:
             checked(template, messages, where)
@@ -140,6 +161,33 @@ def checked(template: Template, messages: Conversation, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def base_vocabulary(path: str, needed: Sequence[str]) -> list[str]:
+    """The char vocabulary of the checkpoint at ``path`` (its hyperparameter ``vocabulary``, as
+    ``NextToken`` keeps it), checked to hold every character of ``needed``; one ``ConfigError`` line
+    for a missing or unreadable file, a checkpoint without a vocabulary, or characters it lacks."""
+    where = f"{_KEY}.vocabulary_from={path}"
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{where}: no such checkpoint file; train the base model first (lit-genai fit)")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors alike: the file is not usable
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ConfigError(f"{where}: cannot read the checkpoint ({first})") from None
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    vocabulary = hparams.get("vocabulary")
+    if not vocabulary:
+        raise ConfigError(f"{where}: the checkpoint has no char vocabulary (not a character-level model)")
+    missing = sorted(set(needed) - set(vocabulary))
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise ConfigError(
+            f"{where}: the examples use {len(missing)} character(s) the base model never saw: {shown}; "
+            "remove them from the data or train the base model on text that has them"
+        )
+    return list(vocabulary)
+
+
 def split_prompt(messages: Sequence[Message]) -> tuple[list[Message], str]:
     """(the turns before the last assistant turn, that turn's content)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -151,13 +199,16 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
     count the responses only (module docstring).
 
     Args:
-        path: A JSON Lines file of records (Alpaca, prompt/response or messages). Give ``path`` or ``task``.
+        path: A JSON Lines file of records (Alpaca, prompt/response or messages), or a ``.json`` file
+            of one list of them. Give ``path`` or ``task``.
         task: A named offline task of ``lit_genai.data.language_tasks`` (``numbers_fr``, ``numbers_de``,
             ``docstring_summary``, ``help_qa``), with its own held-out splits.
         template: ``plain``, ``alpaca``, ``chatml``, or a mapping ``{prefix: ..., roles: {user:
             "Q: {content}\\n", assistant: "A: {content}\\n"}}`` (``data.templates``).
         tokenizer: ``char`` (the sorted characters of all rendered examples), ``byte`` (256 ids) or
             ``gpt2`` (GPT-2 BPE through tiktoken, 50257 ids).
+        tokenizer_folder: A local folder with GPT-2's vocab.json and merges.txt (a Hugging Face GPT-2
+            folder) for tokenizer gpt2: no download.
         mask_prompt: Count the loss on the assistant tokens only (targets -100 elsewhere); False:
             on every token of the example (but padding).
         block_size: Tokens per sequence T; longer examples are cut at their end (one warning).
@@ -165,6 +216,9 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
         val_fraction: Share of a file's examples held out for validation (and test); for a task, the
             share of its items in val and again in test.
         seed: Seed of the split (file and task).
+        vocabulary_from: A lit_genai checkpoint of a character-level model (the base that
+            ``model.init_from`` fine-tunes): the ``char`` tokenizer takes its vocabulary, so every id
+            means what it meant in pretraining; each character of the examples must be in it.
         num_workers: DataLoader worker processes; 0 loads in the main process.
         predict_samples: Number of samples ``trainer.predict`` asks the model for.
     """
@@ -175,11 +229,13 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
         task: Optional[Literal["numbers_fr", "numbers_de", "docstring_summary", "help_qa"]] = None,
         template: Union[str, dict[str, Any]] = "plain",
         tokenizer: Literal["char", "byte", "gpt2"] = "char",
+        tokenizer_folder: Optional[str] = None,
         mask_prompt: bool = True,
         block_size: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.1,
         seed: int = 0,
+        vocabulary_from: Optional[str] = None,
         num_workers: int = 0,
         predict_samples: int = 8,
     ) -> None:
@@ -195,6 +251,16 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
             raise ConfigError(
                 f"{_KEY}.val_fraction={val_fraction} must be in (0, 0.5): a held-out split is needed"
             )
+        if vocabulary_from is not None and tokenizer != "char":
+            raise ConfigError(
+                f"{_KEY}.vocabulary_from is for the char tokenizer (a {tokenizer} tokenizer has fixed ids): "
+                "drop it or set tokenizer char"
+            )
+        if tokenizer_folder is not None and tokenizer != "gpt2":
+            raise ConfigError(
+                f"{_KEY}.tokenizer_folder is GPT-2's vocab.json and merges.txt, for tokenizer gpt2 (not "
+                f"{tokenizer}): drop it or set {_KEY}.tokenizer gpt2"
+            )
         if (path is None) == (task is None):
             raise ConfigError(
                 f"PromptResponse needs exactly one of {_KEY}.path (a JSONL file) and {_KEY}.task"
@@ -202,15 +268,17 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
         self.path, self.task, self.tokenizer, self.mask_prompt = path, task, tokenizer, mask_prompt
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.seed, self.num_workers, self.predict_samples = seed, num_workers, predict_samples
+        self.tokenizer_folder = tokenizer_folder
         self.template: Template = get_template(template)
         self.conversations = self._read()  # split -> conversations (roles checked against the template)
-        self._encoding = gpt2_encoding() if tokenizer == "gpt2" else None
+        self._encoding = gpt2_encoding(tokenizer_folder) if tokenizer == "gpt2" else None
         if self._encoding is not None:
             self.vocabulary: Optional[list[str]] = None
             self.vocab_size = int(self._encoding.n_vocab)
         elif tokenizer == "char":
             texts = [s.text for c in self._all() for s in render(self.template, c)]
-            self.vocabulary = vocabulary_of(texts + [self.template.start, self.template.end])
+            own = vocabulary_of(texts + [self.template.start, self.template.end])
+            self.vocabulary = own if vocabulary_from is None else base_vocabulary(vocabulary_from, own)
             self.vocab_size = len(self.vocabulary)
         else:
             self.vocabulary, self.vocab_size = None, 256
@@ -263,10 +331,11 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
         return render_prompt(self.template, prompt)
 
     def task_examples(self, split: str = "val") -> list[tuple[str, str]]:
-        """``(prompt, reference response)`` of each example of ``split`` (``val`` or ``test``): the
-        prompt rendered up to where the last assistant turn starts, that turn's content."""
-        if split not in ("val", "test"):
-            raise ConfigError(f"task_examples(split={split!r}): use 'val' or 'test'")
+        """``(prompt, reference response)`` of each example of ``split`` (``val``, ``test``, or
+        ``train`` to measure what fine-tuning memorised): the prompt rendered up to where the last
+        assistant turn starts, that turn's content."""
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"task_examples(split={split!r}): use 'train', 'val' or 'test'")
         out = []
         for messages in self.conversations[split]:
             before, response = split_prompt(messages)
@@ -335,7 +404,9 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
     def decoder(self) -> TextDecoder:
         """What ``decode`` does: token ids -> strings through this tokenizer and vocabulary."""
         vocabulary = None if self.vocabulary is None else tuple(self.vocabulary)
-        return TextDecoder(self.tokenizer, vocabulary, self.vocab_size)
+        folder = self.tokenizer_folder
+        folder = None if folder is None else str(Path(folder).expanduser().resolve())
+        return TextDecoder(self.tokenizer, vocabulary, self.vocab_size, folder)
 
     def state_dict(self) -> dict[str, Any]:
         """The tokenizer, its vocabulary and the template: a checkpoint decodes samples and renders
@@ -366,6 +437,9 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
         the arguments but batching and loading, and a digest of the rendered examples."""
         cls = type(self)
         text = json.dumps(self.conversations, sort_keys=True) + json.dumps(dict(self.template.roles))
+        # The local GPT-2 files as their digest, and only when given (older identities stay as they were).
+        folder = self.tokenizer_folder
+        bpe = {} if folder is None else {"tokenizer_folder": gpt2_folder_digest(folder)}
         return {
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "path": None if self.path is None else str(Path(self.path).expanduser().resolve()),
@@ -376,4 +450,5 @@ class PromptResponse(SplitLoaders, L.LightningDataModule):
             "val_fraction": self.val_fraction,
             "seed": self.seed,
             "content": hashlib.sha256(text.encode()).hexdigest()[:16],
+            **bpe,
         }

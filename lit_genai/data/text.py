@@ -83,6 +83,7 @@ from lit_genai.data.tokenizers import (
     document_ids,
     encode_text,
     gpt2_encoding,
+    gpt2_folder_digest,
     vocabulary_of,
 )
 from lit_genai.errors import ConfigError
@@ -109,6 +110,8 @@ class CharText(SplitLoaders, L.LightningDataModule):
             internet once, or ``TIKTOKEN_CACHE_DIR`` set to a folder holding the BPE files). The
             gpt2 tokens are cached as a uint16 memory-mapped file in ``.lit_genai_tokens/`` next
             to the data.
+        tokenizer_folder: A local folder with GPT-2's vocab.json and merges.txt (a Hugging Face GPT-2
+            folder) for tokenizer gpt2: no download.
         block_size: Tokens per training sequence (T); windows hold T + 1 tokens.
         batch_size: Windows per batch (also sample indices per predict batch).
         val_fraction: Share of each document's tokens, at its end, kept for validation (0 = none);
@@ -134,6 +137,7 @@ class CharText(SplitLoaders, L.LightningDataModule):
         root: str = "data",
         download: bool = False,
         tokenizer: Literal["char", "byte", "gpt2"] = "char",
+        tokenizer_folder: Optional[str] = None,
         block_size: int = 256,
         batch_size: int = 64,
         val_fraction: float = 0.1,
@@ -158,8 +162,21 @@ class CharText(SplitLoaders, L.LightningDataModule):
         self.tokenizer, self.block_size, self.batch_size = tokenizer, block_size, batch_size
         self.val_fraction, self.steps_per_epoch, self.labels = val_fraction, steps_per_epoch, labels
         self.seed, self.num_workers, self.predict_samples = seed, num_workers, predict_samples
+        self.tokenizer_folder = tokenizer_folder
 
-        self._encoding = gpt2_encoding() if tokenizer == "gpt2" else None
+        if tokenizer_folder is not None and tokenizer != "gpt2":
+            raise ConfigError(
+                f"{_KEY}.tokenizer_folder is GPT-2's vocab.json and merges.txt, for tokenizer gpt2 (not "
+                f"{tokenizer}): drop it or set {_KEY}.tokenizer gpt2"
+            )
+        self._encoding = None
+        if tokenizer == "gpt2":  # tiktoken's own files, or the folder's
+            self._encoding = gpt2_encoding() if tokenizer_folder is None else gpt2_encoding(tokenizer_folder)
+        if tokenizer_folder is not None and "<|endoftext|>" not in self._encoding.special_tokens_set:
+            raise ConfigError(
+                f"{_KEY}.tokenizer_folder={tokenizer_folder}: its vocab.json has no <|endoftext|>, which "
+                "separates the documents of the gpt2 stream"
+            )
         if labels and tokenizer == "gpt2":
             raise ConfigError(
                 f"{_KEY}.labels=true labels windows by file, but {_KEY}.tokenizer=gpt2 joins the documents "
@@ -273,7 +290,9 @@ class CharText(SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ the gpt2 token file
     def _stream_digest(self) -> str:
         """The token file's name (``token_file.stream_digest``)."""
-        return stream_digest(self.tokenizer, self._encoding, self.documents, self.files)
+        folder = self.tokenizer_folder  # a local vocabulary: its files' digest (another stream)
+        tokenizer = self.tokenizer if folder is None else f"{self.tokenizer}:{gpt2_folder_digest(folder)}"
+        return stream_digest(tokenizer, self._encoding, self.documents, self.files)
 
     def _token_file(self) -> Path:
         """The stream's uint16 file, written once (``token_file.write_token_file``); its path."""
@@ -390,7 +409,9 @@ class CharText(SplitLoaders, L.LightningDataModule):
     def decoder(self) -> TextDecoder:
         """What ``decode`` does: token ids -> strings through this tokenizer and vocabulary."""
         vocabulary = None if self.vocabulary is None else tuple(self.vocabulary)
-        return TextDecoder(self.tokenizer, vocabulary, self.vocab_size)
+        folder = self.tokenizer_folder
+        folder = None if folder is None else str(Path(folder).expanduser().resolve())
+        return TextDecoder(self.tokenizer, vocabulary, self.vocab_size, folder)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take the checkpoint's vocabulary (token ids then mean what they meant in training); the
@@ -423,6 +444,10 @@ class CharText(SplitLoaders, L.LightningDataModule):
             if name in skip:
                 continue
             value = getattr(self, name)
+            if name == "tokenizer_folder":  # its files' digest, only when given (older identities stay)
+                if value is not None:
+                    out[name] = gpt2_folder_digest(value)
+                continue
             if name in ("path", "root") and value is not None:
                 value = str(Path(value).expanduser().resolve())
             out[name] = value

@@ -8,7 +8,9 @@
 - ``"gpt2"``: GPT-2's byte-pair encoding through ``tiktoken`` (an optional package; its first use
   downloads the BPE files once, then caches them under ``$TIKTOKEN_CACHE_DIR`` or a temporary
   folder), 50257 ids; encoding is ``encode_ordinary``, decoding the encoding's. The token stream's
-  file on disk is ``lit_genai.data.token_file``.
+  file on disk is ``lit_genai.data.token_file``. ``gpt2_encoding(folder)`` builds it offline from a
+  local folder's ``vocab.json`` and ``merges.txt`` (a Hugging Face GPT-2 folder; or OpenAI's
+  ``encoder.json`` and ``vocab.bpe``: the same files), as tiktoken's own ``gpt2`` definition does.
 
 ``caption_words`` splits a caption into lower-case words, for the word tokenizer of text conditions
 over a data set's ``text_vocabulary`` (``lit_genai.data.shapes``).
@@ -18,8 +20,12 @@ Shape legend: B rows, T tokens of a row, N tokens of a document, V vocabulary si
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -57,12 +63,15 @@ def char_index(vocabulary: Optional[list[str]]) -> Optional[dict[str, int]]:
     return None if vocabulary is None else {s: i for i, s in enumerate(vocabulary)}
 
 
-def gpt2_encoding() -> Any:
-    """``tiktoken.get_encoding("gpt2")``, or one line saying how to get it."""
+def gpt2_encoding(folder: Optional[str] = None) -> Any:
+    """``tiktoken.get_encoding("gpt2")``, or one line saying how to get it; given ``folder``, GPT-2's
+    BPE built from its local files (``gpt2_folder_files``), no download, cached per folder."""
     try:
         import tiktoken
     except ImportError as err:
         raise ConfigError(f"{_KEY}.tokenizer=gpt2 needs the tiktoken package: {_GPT2_HINT}") from err
+    if folder is not None:
+        return _local_gpt2(*_folder_key(folder))[0]
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as err:  # offline: requests' ConnectionError; a bad cached file: ValueError
@@ -70,6 +79,107 @@ def gpt2_encoding() -> Any:
         raise DataNotFoundError(
             f"{_KEY}.tokenizer=gpt2: loading the GPT-2 BPE files failed ({reason}): {_GPT2_HINT}"
         ) from err
+
+
+# The file names of a GPT-2 tokenizer folder: Hugging Face's, then OpenAI's (the same contents).
+_GPT2_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+_FOLDER_KEY = f"{_KEY}.tokenizer_folder"
+_ENDOFTEXT = "<|endoftext|>"
+
+
+def gpt2_folder_files(folder: str) -> tuple[Path, Path]:
+    """(vocabulary JSON, merges) of a GPT-2 tokenizer folder: ``vocab.json`` and ``merges.txt``, else
+    ``encoder.json`` and ``vocab.bpe``; one ``ConfigError`` line when neither pair is there."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(
+            f"{_FOLDER_KEY}={folder}: no such folder (a folder with GPT-2's vocab.json and merges.txt)"
+        )
+    for names in _GPT2_FILES:
+        files = (root / names[0], root / names[1])
+        if all(f.is_file() for f in files):
+            return files
+    missing = [name for name in _GPT2_FILES[0] if not (root / name).is_file()]
+    raise ConfigError(
+        f"{_FOLDER_KEY}={folder}: no {' or '.join(missing)} there; it needs GPT-2's vocab.json and "
+        "merges.txt (a Hugging Face GPT-2 folder) or encoder.json and vocab.bpe"
+    )
+
+
+def gpt2_folder_digest(folder: str) -> str:
+    """16 hex digits of the sha256 of a GPT-2 tokenizer folder's two files (``gpt2_folder_files``):
+    another vocabulary under the same folder is another digest."""
+    return _local_gpt2(*_folder_key(folder))[1]
+
+
+def _folder_key(folder: str) -> tuple[str, str, tuple[int, ...]]:
+    """The cache key of a folder's encoding: its two files' resolved paths, and their sizes and
+    modification times (an edited file is read again)."""
+    vocab, merges = gpt2_folder_files(folder)
+    stats = vocab.stat(), merges.stat()
+    stamp = tuple(n for s in stats for n in (s.st_size, s.st_mtime_ns))
+    return str(vocab.resolve()), str(merges.resolve()), stamp
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte alphabet (``bytes_to_unicode`` of its ``encoder.py``), character -> byte, in
+    the order of the single-byte ranks (tiktoken's ``data_gym_to_mergeable_bpe_ranks``)."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+@functools.lru_cache(maxsize=8)
+def _local_gpt2(vocab: str, merges: str, stamp: tuple[int, ...]) -> tuple[Any, str]:
+    """(the ``tiktoken.Encoding`` "gpt2-local", the files' digest) of a folder (``_folder_key``).
+
+    As tiktoken's own ``gpt2`` (``tiktoken_ext.openai_public``): its pattern, the ranks of
+    ``tiktoken.load.data_gym_to_mergeable_bpe_ranks`` (the 256 bytes, then one per merge, checked
+    against ``vocab.json``) and ``<|endoftext|>`` with the id ``vocab.json`` gives it, if any. The
+    files are read here once, not through tiktoken's loader, which would copy them into its cache.
+    One ``ConfigError`` line for files that are not GPT-2's BPE.
+    """
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    where = f"{_FOLDER_KEY}={Path(vocab).parent}"
+    names = f"{Path(vocab).name} and {Path(merges).name}"
+    try:
+        vocab_bytes, merges_bytes = Path(vocab).read_bytes(), Path(merges).read_bytes()
+        ids, lines = json.loads(vocab_bytes), merges_bytes.decode("utf-8").splitlines()
+    except (OSError, ValueError) as err:  # unreadable file, bad JSON or UTF-8
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{where}: cannot read {names} ({reason})") from None
+    if not isinstance(ids, dict):
+        raise ConfigError(f"{where}: {Path(vocab).name} is not a JSON object of token -> id")
+    alphabet = _byte_alphabet()
+    ranks = {bytes([b]): i for i, b in enumerate(alphabet.values())}  # the 256 single bytes
+    try:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or (number == 1 and line.startswith("#version")):
+                continue
+            first, second = line.split()  # ValueError: not two tokens
+            ranks[bytes(alphabet[c] for c in first + second)] = len(ranks)  # KeyError: not the alphabet
+        special = {k: ids.pop(k) for k in (_ENDOFTEXT, "<|startoftext|>") if k in ids}
+        expected = {bytes(alphabet[c] for c in token): i for token, i in ids.items()}
+    except (ValueError, KeyError) as err:
+        reason = f"line {number} of {Path(merges).name} is {line!r}" if isinstance(err, ValueError) else ""
+        reason = reason or f"a token has the character {err.args[0]!r}, not one of GPT-2's byte alphabet"
+        raise ConfigError(f"{where}: {names} are not GPT-2's BPE files ({reason})") from None
+    if ranks != expected:
+        raise ConfigError(
+            f"{where}: {names} do not agree ({len(ranks)} tokens from the bytes and merges, "
+            f"{len(expected)} in {Path(vocab).name}, or other ids): use the two files of one tokenizer"
+        )
+    eot = special.get(_ENDOFTEXT)
+    if eot is not None and (not isinstance(eot, int) or 0 <= eot < len(ranks)):
+        raise ConfigError(f"{where}: {_ENDOFTEXT} has the id {eot!r}, not one after the BPE tokens")
+    special = {} if eot is None else {_ENDOFTEXT: eot}
+    encoding = tiktoken.Encoding(
+        "gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens=special
+    )
+    digest = hashlib.sha256(vocab_bytes + b"\0" + merges_bytes).hexdigest()[:16]
+    return encoding, digest
 
 
 def as_bytes(document: Union[str, bytes]) -> bytes:

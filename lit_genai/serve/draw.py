@@ -51,7 +51,7 @@ def draw(module: Any, jobs: Sequence[Job], max_samples: int) -> list[Media]:
         chunk_cond = None if cond is None else {k: v[first : first + len(chunk)] for k, v in cond.items()}
         with torch.no_grad():
             samples = module.sample(len(chunk), cond=chunk_cond, generator=chunk, **options)
-        parts.append(decode(module, samples))
+        parts.append(paradigm.finished(module, decode(module, samples), options))
     medium = join(parts)
     media, first = [], 0
     for job in jobs:
@@ -89,7 +89,8 @@ def stream_text(module: Any, job: Job, tokens: int) -> Iterator[dict[str, Any]]:
         if not _tokenwise(module):
             with torch.no_grad():
                 ids = module.sample(1, cond=cond, generator=generators, **job.options)
-            yield {"index": index, "text": decode(module, ids)[0], "done": True}
+            text = paradigm.finished(module, decode(module, ids), job.options)[0]
+            yield {"index": index, "text": text, "done": True}
             continue
         options = dict(job.options)
         remaining = int(module.sampling_settings(**options)["max_new_tokens"])
@@ -105,13 +106,18 @@ def stream_text(module: Any, job: Job, tokens: int) -> Iterator[dict[str, Any]]:
                     1, cond=cond, generator=generators, max_new_tokens=step, **options
                 )  # (1, T)
             remaining -= step
-            text = decode(module, ids)[0]
+            text, ended = decode(module, ids)[0], False
+            answer = (
+                module.response(text, **job.options) if callable(getattr(module, "response", None)) else None
+            )
+            if answer is not None:  # a fine-tuned chat model: its response only, up to the stop
+                text, ended = answer
             # A prefix of tokens may not decode to a prefix of the text (a multi-byte character cut
             # in two by byte-level tokens): such text waits for the next chunk.
             if text.startswith(sent) and len(text) > len(sent):
                 yield {"index": index, "text": text[len(sent) :]}
                 sent = text
-            if remaining <= 0:
+            if remaining <= 0 or ended:
                 break
         yield {"index": index, "text": text, "done": True}
 

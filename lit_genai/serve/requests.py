@@ -18,7 +18,10 @@ image       image to image: a base64 PNG (a ``data:image/png;base64,`` URL too),
 mask        the region of ``image`` to fill: a base64 PNG (white = fill) or a named region
             (``left_half``, ``right_half``, ``top_half``, ``bottom_half``, ``center``)
 prompt      the model's ``prompt`` sampling option: the text a sample starts from (text models), or
-            the caption(s) of a text-to-image model, sample i taking caption i % len
+            the caption(s) of a text-to-image model, sample i taking caption i % len; a model
+            fine-tuned on prompt/response data renders it with its template and answers with the
+            response alone, cut at the template's stop (``ar.chat``); ``options.conversation``
+            gives it the turns so far instead (a list of ``{"role", "content"}``)
 options     sampling options by the module's ``sampling`` names (``steps``, ``temperature``, ...)
 format      ``auto`` (PNG for one image, WAV for one clip, else JSON), ``json``, ``png``, ``wav``
 ==========  =========================================================================================
@@ -33,7 +36,8 @@ builds the ``Job``.
 Named conditions are parsed by ``CONDITIONS``: one function per request field (``label``,
 ``text``, ``image``, ``mask``); another condition joins by adding its field and parser there. The
 sampling options that name files on the server (``FILE_OPTIONS``: ``init_image``, ``mask``,
-``tokenizer``) are refused: a request sends its source in ``image`` and ``mask``.
+``tokenizer``, and ``conversation`` given as a file) are refused: a request sends its source in
+``image`` and ``mask``, a conversation's turns in ``options.conversation``.
 """
 
 from __future__ import annotations
@@ -195,6 +199,12 @@ def _options(options: Any, info: ModelInfo, limits: Limits) -> dict[str, Any]:
             f"options.{files[0]} names a file on the server: send the source image and mask in the "
             "request's image and mask fields (base64 PNG)",
         )
+    if isinstance(options.get("conversation"), str):
+        raise RequestError(
+            400,
+            "options.conversation names a file on the server: send the turns themselves, a list of "
+            '{"role": ..., "content": ...} objects',
+        )
     unknown = sorted(set(options) - set(info.defaults))
     if unknown:
         raise RequestError(
@@ -233,6 +243,9 @@ def _check_bounds(info: ModelInfo, options: Mapping[str, Any], limits: Limits) -
     prompt = options.get("prompt")
     if prompt is not None and len(prompt) > limits.max_prompt:
         raise RequestError(422, f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt}")
+    turns = options.get("conversation") or []
+    if sum(len(turn["content"]) for turn in turns) > limits.max_prompt:
+        raise RequestError(422, f"the conversation has more than the limit of {limits.max_prompt} characters")
 
 
 # ---------------------------------------------------------------------- named conditions
