@@ -1,4 +1,4 @@
-"""Training throughput of one GPT step: plain PyTorch vs ``lit_genai`` on Lightning, eager and compiled.
+"""Training throughput of one GPT step: plain PyTorch vs ``lit_genai`` on Lightning (compile, bf16).
 
 What it measures
     Milliseconds per training step of the character-level GPT of
@@ -15,7 +15,12 @@ What it measures
       logging ``train/loss`` every step;
     - with ``--compile`` (the default when torch.compile works here): the same two with
       ``torch.compile`` of the network (``NextToken(compile=True)`` on the Lightning side). The
-      first steps compile, so ``--warmup`` should cover them; compilation time is not in the table.
+      first steps compile, so ``--warmup`` should cover them; compilation time is not in the table;
+    - with ``--precision 32-true bf16-mixed`` (or ``bf16-mixed`` alone): also (or only) bfloat16
+      autocast: Lightning's precision plugin (``Trainer(precision="bf16-mixed")``) on our side,
+      ``torch.autocast(device_type, dtype=torch.bfloat16)`` around the forward pass and the loss in
+      the plain loop (weights, gradients and AdamW stay float32 on both). Each precision is paired
+      with the plain loop of the same precision, eager and compiled alike.
 
     The two loops run paired, step by step in one process (a callback runs the plain step on the
     same batch after each Lightning step): a Lightning step is the interval from the end of the
@@ -31,6 +36,10 @@ What it measures
 How to run
     python benchmarks/gpt_step.py                         # 100 timed steps, eager and compiled
     python benchmarks/gpt_step.py --no-compile --threads 2
+    python benchmarks/gpt_step.py --precision 32-true bf16-mixed   # fp32, bf16, compile, compile + bf16
+
+    bf16 pays off only where the hardware has bfloat16 matrix units (recent GPUs; on the CPU, AMX
+    or AVX512-BF16): elsewhere the casts make it slower than float32.
 """
 
 from __future__ import annotations
@@ -78,19 +87,23 @@ def sync(device: torch.device) -> None:
 class PlainLoop:
     """The hand-written loop, one ``step`` at a time: the reference."""
 
-    def __init__(self, vocab_size: int, device: torch.device, steps: int, compile: bool) -> None:
+    def __init__(
+        self, vocab_size: int, device: torch.device, steps: int, compile: bool, bf16: bool = False
+    ) -> None:
         self.net = build_net(vocab_size).to(device).train()
         self.model = torch.compile(self.net) if compile else self.net
         self.opt = torch.optim.AdamW(parameter_groups(self.net, WEIGHT_DECAY), lr=LR, betas=BETAS)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: nanogpt_lr(step, LR, WARMUP, steps, MIN_LR) / LR
         )
-        self.device = device
+        self.device, self.bf16 = device, bf16
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         x, y = x.to(self.device), y.to(self.device)
-        logits = self.model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        # bf16: autocast over forward and loss, as Lightning's MixedPrecision wraps training_step
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), CLIP)
@@ -130,7 +143,9 @@ class Paired(Callback):
         self.losses.append((float(outputs["loss"]), float(plain_loss)))
 
 
-def run_pair(batches: list, vocab_size: int, device: torch.device, compile: bool) -> Paired:
+def run_pair(
+    batches: list, vocab_size: int, device: torch.device, compile: bool, precision: str = "32-true"
+) -> Paired:
     """NextToken on lightning.Trainer, paired step by step with the plain loop."""
     model = NextToken(
         build_net(vocab_size),
@@ -143,12 +158,14 @@ def run_pair(batches: list, vocab_size: int, device: torch.device, compile: bool
         min_lr=MIN_LR,
         compile=compile,
     )
-    pair = Paired(PlainLoop(vocab_size, device, len(batches), compile), batches)
+    bf16 = precision == "bf16-mixed"
+    pair = Paired(PlainLoop(vocab_size, device, len(batches), compile, bf16), batches)
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         max_epochs=1,
         max_steps=len(batches),
+        precision=precision,
         gradient_clip_val=CLIP,
         logger=False,
         enable_checkpointing=False,
@@ -184,6 +201,13 @@ def main(argv: list[str] | None = None) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None, help="also time torch.compile"
     )
     parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["32-true", "bf16-mixed"],
+        default=["32-true"],
+        help="one or both: float32 and/or bfloat16 autocast (default 32-true)",
+    )
+    parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     args = parser.parse_args(argv)
@@ -203,13 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     batches, vocab_size = make_batches(args.batch_size, args.warmup + args.steps)
     n_params = build_net(vocab_size).num_params()
-    modes = [False, True] if compile else [False]
+    precisions = list(dict.fromkeys(args.precision))  # in the order given, once each
+    modes = [(c, p) for c in ([False, True] if compile else [False]) for p in precisions]
     times: dict[str, list[float]] = {}
     dloss: dict[str, float] = {}
     for _ in range(args.rounds):
-        for compiled in modes:
-            pair = run_pair(batches, vocab_size, device, compiled)
-            suffix = " + compile" if compiled else ""
+        for compiled, precision in modes:
+            pair = run_pair(batches, vocab_size, device, compiled, precision)
+            suffix = (" + compile" if compiled else "") + (" + bf16" if precision == "bf16-mixed" else "")
             for name, seconds in (("plain", pair.plain_times), ("Lightning", pair.lightning)):
                 times.setdefault(name + suffix, []).extend(seconds[args.warmup :])
             dloss["Lightning" + suffix] = max(abs(a - b) for a, b in pair.losses)
@@ -220,26 +245,38 @@ def main(argv: list[str] | None = None) -> None:
         f"V={vocab_size}), batch {args.batch_size} x {NET['block_size']}, {args.device}, torch threads "
         f"{args.threads}, median of {args.rounds} x {args.steps} paired steps after {args.warmup} warm-up"
     )
-    header = f"{'variant':<21}{'ms/step':>9}{'min ms':>9}{'vs plain':>10}{'tok/s':>9}{'max |dloss|':>13}"
+    header = (
+        f"{'variant':<28}{'ms/step':>9}{'min ms':>9}{'vs plain':>10}{'vs fp32':>9}{'tok/s':>9}"
+        f"{'max |dloss|':>13}"
+    )
     print(header)
     print("-" * len(header))
     tokens = args.batch_size * NET["block_size"]
     medians = {name: statistics.median(seconds) * 1e3 for name, seconds in times.items()}
     for name, seconds in times.items():
-        reference = medians["plain + compile" if name.endswith("compile") else "plain"]
+        mode = name.partition(" + ")[2]
+        reference = medians["plain + " + mode if mode else "plain"]  # the plain loop of the same mode
+        # the same loop in float32 (eager or compiled alike): what bf16 saves
+        fp32 = medians.get(name.removesuffix(" + bf16")) if name.endswith(" + bf16") else None
+        fp32_text = f"{medians[name] / fp32:>8.3f}x" if fp32 else f"{'-':>9}"
         print(
-            f"{name:<21}{medians[name]:>9.2f}{min(seconds) * 1e3:>9.2f}{medians[name] / reference:>9.3f}x"
-            f"{tokens / medians[name] * 1e3:>9.0f}{dloss[name]:>13.2e}"
+            f"{name:<28}{medians[name]:>9.2f}{min(seconds) * 1e3:>9.2f}{medians[name] / reference:>9.3f}x"
+            f"{fp32_text}{tokens / medians[name] * 1e3:>9.0f}{dloss[name]:>13.2e}"
         )
-    ratio = medians["Lightning"] / medians["plain"]
-    line = f"\nlightning / plain = {ratio:.3f}x step time (1.00x = no overhead)"
-    if compile:
-        line += (
-            f"; compiled lightning / compiled plain = "
-            f"{medians['Lightning + compile'] / medians['plain + compile']:.3f}x; "
-            f"compiled / eager plain = {medians['plain + compile'] / medians['plain']:.3f}x"
+    ratios = [
+        f"{mode.removeprefix(' + ') or 'eager'}: lightning / plain = "
+        f"{medians['Lightning' + mode] / medians['plain' + mode]:.3f}x"
+        for mode in dict.fromkeys(name.removeprefix("plain") for name in times if name.startswith("plain"))
+    ]
+    print("\n" + "; ".join(ratios) + " step time (1.00x = no overhead)")
+    first = next(name for name in times if name.startswith("plain"))
+    others = [name for name in times if name.startswith("plain") and name != first]
+    if others:
+        base = "eager fp32 plain" if first == "plain" else first
+        print(
+            f"plain loop, step time vs {base}: "
+            + ", ".join(f"{n.removeprefix('plain + ')} {medians[n] / medians[first]:.3f}x" for n in others)
         )
-    print(line)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,17 @@ What it measures
     draw the same random stream (binarisation noise, then z noise), so their losses agree to float
     round-off: the ``max |dloss|`` column checks that the loops do the same work.
 
+    ``--nvml-check on`` / ``off`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK`` (``lightning.fabric`` sets it
+    to 1 at import; ``import lit_genai`` drops it again where NVML cannot load) for every variant;
+    ``both`` switches it on for the even steps and off for the odd ones of every variant (step by
+    step, so drift slows both alike) and prints each half as its own row and the difference. On a
+    CUDA build of torch without an NVIDIA driver, each Adam step then pays a failed NVML load in
+    ``torch.cuda.is_available()``, in the plain loop as much as in Lightning's (one process).
+
 How to run
     python benchmarks/vae_step.py                                  # batch 100, 200 timed steps
     python benchmarks/vae_step.py --batch-size 20 --threads 1      # the IWAE recipe's batch
+    python benchmarks/vae_step.py --nvml-check both                # Lightning's NVML check on / off
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -51,6 +60,7 @@ from lit_genai.vae.losses import bernoulli_log_likelihood, gaussian_kl
 NET = dict(hidden=[200, 200], latent_dim=50, activation="relu")  # experiments/vae/mnist.yaml
 LR, EPS = 1e-3, 1e-4
 SEED = 0
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 
 def make_batches(batch_size: int, n: int) -> list[tuple[Tensor, Tensor]]:
@@ -78,13 +88,26 @@ def step_times(ends: list[float], warmup: int) -> list[float]:
     return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)]
 
 
-def run_plain(batches: list, device: torch.device, warmup: int) -> tuple[list[float], list[float]]:
-    """The hand-written loop; returns (timed step seconds, per-step losses)."""
+def nvml_check(on: bool) -> None:
+    """Lightning's NVML-based CUDA check on (its import's setting) or off (torch's default)."""
+    if on:
+        os.environ[NVML_CHECK] = "1"
+    else:
+        os.environ.pop(NVML_CHECK, None)
+
+
+def run_plain(
+    batches: list, device: torch.device, warmup: int, alternate: bool = False
+) -> tuple[list[float], list[float]]:
+    """The hand-written loop; returns (timed step seconds, per-step losses). ``alternate``: the NVML
+    check on for even steps, off for odd ones."""
     encoder, decoder = (net.to(device).train() for net in build_nets())
     opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=LR, eps=EPS)
     losses, ends = [], []
     torch.manual_seed(SEED + 1)  # the same random stream as the Lightning runs
-    for x, _ in batches:
+    for i, (x, _) in enumerate(batches):
+        if alternate:
+            nvml_check(i % 2 == 0)
         x = x.to(device)
         # The same operations, in the same order, as VAE.training_step.
         x = binarize(x, "dynamic", uniform=torch.rand(x.shape, device=device))  # (B, 1, 28, 28)
@@ -106,13 +129,16 @@ def run_plain(batches: list, device: torch.device, warmup: int) -> tuple[list[fl
 class StepTimer(Callback):
     """Records the end time and loss of every training step; seeds the random stream before step 0."""
 
-    def __init__(self) -> None:
+    def __init__(self, alternate: bool = False) -> None:
+        self.alternate = alternate
         self.ends: list[float] = []
         self.losses: list[Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == 0:
             torch.manual_seed(SEED + 1)  # the same random stream as the plain loop
+        if self.alternate:
+            nvml_check(batch_idx % 2 == 0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.losses.append(outputs["loss"].detach())
@@ -121,7 +147,7 @@ class StepTimer(Callback):
 
 
 def run_lightning(
-    batches: list, device: torch.device, warmup: int, ema: bool
+    batches: list, device: torch.device, warmup: int, ema: bool, alternate: bool = False
 ) -> tuple[list[float], list[float]]:
     """VAE on lightning.Trainer; returns (timed step seconds, per-step losses)."""
     encoder, decoder = build_nets()
@@ -132,7 +158,7 @@ def run_lightning(
         binarization="dynamic",
         optimizer=functools.partial(torch.optim.Adam, lr=LR, eps=EPS),
     )
-    timer = StepTimer()
+    timer = StepTimer(alternate)
     callbacks: list[Callback] = [timer] + ([EMA(decay=0.999)] if ema else [])
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -162,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
+    parser.add_argument(
+        "--nvml-check",
+        choices=["as-imported", "on", "off", "both"],
+        default="as-imported",
+        help=f"{NVML_CHECK}: 1 (on), unset (off), each in turn (both), or as the imports left it",
+    )
     args = parser.parse_args(argv)
     if min(args.steps, args.warmup, args.batch_size, args.threads, args.rounds) < 1:
         parser.error("--steps, --warmup, --batch-size, --threads and --rounds must be >= 1")
@@ -178,35 +210,61 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     batches = make_batches(args.batch_size, args.warmup + args.steps)
     n_params = sum(p.numel() for net in build_nets() for p in net.parameters())
+    alternate = args.nvml_check == "both"
+    if args.nvml_check in ("on", "off"):
+        nvml_check(args.nvml_check == "on")
+    variants = ["plain PyTorch", "Lightning", "Lightning + EMA"]
     results: dict[str, tuple[list[float], list[float]]] = {}
     for _ in range(args.rounds):
         rounds = {
-            "plain PyTorch": run_plain(batches, device, args.warmup),
-            "Lightning": run_lightning(batches, device, args.warmup, ema=False),
-            "Lightning + EMA": run_lightning(batches, device, args.warmup, ema=True),
+            "plain PyTorch": run_plain(batches, device, args.warmup, alternate),
+            "Lightning": run_lightning(batches, device, args.warmup, ema=False, alternate=alternate),
+            "Lightning + EMA": run_lightning(batches, device, args.warmup, ema=True, alternate=alternate),
         }
         for name, (times, losses) in rounds.items():
-            results[name] = (results.get(name, ([], losses))[0] + times, losses)
+            if alternate:  # timed step k is step warmup + k: even steps ran with the check on
+                on = [t for k, t in enumerate(times) if (args.warmup + k) % 2 == 0]
+                off = [t for k, t in enumerate(times) if (args.warmup + k) % 2 == 1]
+                for key, part in ((f"{name} [nvml on]", on), (f"{name} [nvml off]", off)):
+                    results[key] = (results.get(key, ([], losses))[0] + part, losses)
+            else:
+                results[name] = (results.get(name, ([], losses))[0] + times, losses)
+    settings = ["on", "off"] if alternate else [None]
 
     print(
         f"\nVAE training step (MLP 784-200-200-50, {n_params / 1e3:.0f}k params, Bernoulli, dynamic "
         f"binarisation), batch {args.batch_size}, {args.device}, torch threads {args.threads}, "
         f"median of {args.rounds} x {args.steps} steps after {args.warmup} warm-up each"
     )
-    header = f"{'variant':<17}{'ms/step':>9}{'min ms':>9}{'vs plain':>10}{'max |dloss|':>13}"
+    nvml = os.environ.get(NVML_CHECK) if args.nvml_check == "as-imported" else args.nvml_check
+    print(f"{NVML_CHECK}: {nvml}, torch {torch.__version__}")
+    width = max(map(len, results)) + 2
+    header = f"{'variant':<{width}}{'ms/step':>9}{'min ms':>9}{'vs plain':>10}{'max |dloss|':>13}"
     print(header)
     print("-" * len(header))
-    plain_ms, plain_losses = statistics.median(results["plain PyTorch"][0]) * 1e3, results["plain PyTorch"][1]
+    medians = {name: statistics.median(times) * 1e3 for name, (times, _) in results.items()}
     ratios = {}
-    for name, (times, losses) in results.items():
-        median = statistics.median(times) * 1e3
-        ratios[name] = median / plain_ms
-        dloss = max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True))
-        print(f"{name:<17}{median:>9.2f}{min(times) * 1e3:>9.2f}{ratios[name]:>9.3f}x{dloss:>13.2e}")
-    print(
-        f"\nlightning / plain = {ratios['Lightning']:.3f}x, lightning+ema / plain = "
-        f"{ratios['Lightning + EMA']:.3f}x step time (1.00x = no overhead)"
-    )
+    for setting in settings:
+        suffix = "" if setting is None else f" [nvml {setting}]"
+        plain_ms, plain_losses = medians[f"plain PyTorch{suffix}"], results[f"plain PyTorch{suffix}"][1]
+        for variant in variants:
+            name = variant + suffix
+            times, losses = results[name]
+            ratios[name] = medians[name] / plain_ms
+            dloss = max(abs(a - b) for a, b in zip(losses, plain_losses, strict=True))
+            ms, min_ms = medians[name], min(times) * 1e3
+            print(f"{name:<{width}}{ms:>9.2f}{min_ms:>9.2f}{ratios[name]:>9.3f}x{dloss:>13.2e}")
+    print()
+    for setting in settings:
+        suffix = "" if setting is None else f" [nvml {setting}]"
+        print(
+            f"lightning / plain{suffix} = {ratios['Lightning' + suffix]:.3f}x, lightning+ema / plain"
+            f"{suffix} = {ratios['Lightning + EMA' + suffix]:.3f}x step time (1.00x = no overhead)"
+        )
+    if args.nvml_check == "both":
+        for variant in variants:
+            delta = medians[f"{variant} [nvml on]"] - medians[f"{variant} [nvml off]"]
+            print(f"{variant}: NVML check on - off = {delta * 1e3:+.0f} us/step")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_genai import drop_nvml_cuda_check
 from lit_genai.adversarial.command import TrainerWithRobustness
 from lit_genai.atomic import atomic_file
 from lit_genai.callbacks.checkpoint import ModelCheckpoint
@@ -84,6 +85,8 @@ from lit_genai.cli_checks import (
 from lit_genai.conditions import check_conditions
 from lit_genai.errors import ConfigError, LitGenAIError
 from lit_genai.wandb_run import WandbRunId, prepare_wandb_run, wandb_mode
+
+drop_nvml_cuda_check()  # after Lightning's import: see lit_genai/__init__.py
 
 DEFAULT_RUNS_DIR = "runs"
 

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lit_genai.errors import ConfigError
 from lit_genai.nn.cross_attention import CrossAttention, PooledText, TextContext, check_context
@@ -181,6 +182,10 @@ class DiT(nn.Module):
             ``rescale_timesteps``). Set it to ``model.init_args.num_timesteps``.
         text_encoder: A text encoder whose context every block attends to (module docstring); None:
             no text.
+        checkpoint_activations: In training (``self.training`` and gradients on), keep only each
+            block's input and recompute the block (and its cross-attention) in the backward pass
+            (``torch.utils.checkpoint``, non-reentrant): less memory for one more forward pass of
+            the blocks. Same outputs and gradients; no parameters, so checkpoints are unchanged.
     """
 
     def __init__(
@@ -196,8 +201,10 @@ class DiT(nn.Module):
         learn_sigma: bool = False,
         num_timesteps: int = 1000,
         text_encoder: Optional[nn.Module] = None,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations
         if patch_size < 1 or image_size % patch_size:
             raise ConfigError(
                 f"DiT: image_size={image_size} is not a multiple of patch_size={patch_size}; "
@@ -288,9 +295,18 @@ class DiT(nn.Module):
         check_context("DiT", self.text_encoder, context, B)
         if context is not None:
             c = c + self.text_pool(context.pooled)  # (B, D); + 0 for an empty caption
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, c)  # (B, N, D)
-            if context is not None:
-                tokens = self.cross[i](tokens, context)  # (B, N, D)
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for i in range(len(self.blocks)):
+            if recompute:
+                tokens = checkpoint(self._block, i, tokens, c, context, use_reentrant=False)
+            else:
+                tokens = self._block(i, tokens, c, context)  # (B, N, D)
         out = self.final_layer(tokens, c)  # (B, N, p*p*C_out)
         return unpatchify(out, self.patch_size, self.out_channels)  # (B, C_out, H, W)
+
+    def _block(self, i: int, tokens: Tensor, c: Tensor, context: Optional[TextContext]) -> Tensor:
+        """Block i, then its cross-attention to the caption when there is one: (B, N, D) -> (B, N, D)."""
+        tokens = self.blocks[i](tokens, c)
+        if context is not None:
+            tokens = self.cross[i](tokens, context)
+        return tokens

@@ -69,6 +69,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lit_genai.errors import ConfigError
 from lit_genai.nn.cross_attention import CrossAttention, PooledText, TextContext, check_context
@@ -284,6 +285,11 @@ class GPT(nn.Module):
             ``width``, ``max_length``, ``vocab_size``, ``frozen``) whose context every block attends to
             and whose pooled vector is added at every position (module docstring); a submodule, so
             a jointly trained one is optimised with the GPT. None: no text, no new layers.
+        checkpoint_activations: In training without a cache (``self.training``, gradients on),
+            keep only each block's input and recompute the block in the backward pass
+            (``torch.utils.checkpoint``, non-reentrant, dropout replayed from the saved RNG state):
+            less memory for one more forward pass of the blocks. Same outputs and gradients; no
+            parameters, so checkpoints are unchanged; sampling with a cache never recomputes.
     """
 
     def __init__(
@@ -300,8 +306,10 @@ class GPT(nn.Module):
         activation: Activation = "gelu",
         rope: bool = False,
         text_encoder: Optional[nn.Module] = None,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations
         for key, value in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer)):
             if value < 1:
                 raise ConfigError(f"GPT: {key}={value} must be at least 1")
@@ -375,8 +383,15 @@ class GPT(nn.Module):
             if self.causal:
                 mask = mask + torch.full((T, T), float("-inf"), device=x.device).triu(1).to(x.dtype)
         for block in self.transformer.h:
-            x = block(x, pos, None, T, mask)
+            x = self._run(block, x, pos, None, T, mask)
         return self.transformer.ln_f(x)  # (B, T, D)
+
+    def _run(self, block: Block, x: Tensor, *args) -> Tensor:
+        """``block(x, *args)``, recomputed in the backward pass under ``checkpoint_activations`` in
+        training (never with a cache: its writes must happen once)."""
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled() and args[1] is None:
+            return checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
 
     def init_cache(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
@@ -464,7 +479,7 @@ class GPT(nn.Module):
             mask = _cache_mask(pos, end, x.dtype)
         for i, block in enumerate(self.transformer.h):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x = block(x, pos, kv, end, mask, context)
+            x = self._run(block, x, pos, kv, end, mask, context)
         if cache is not None and input_pos is None:
             cache.length = end
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)

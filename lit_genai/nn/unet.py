@@ -141,6 +141,9 @@ class UNet(nn.Module):
             followed by cross-attention to the text (the middle block always has one with a text
             encoder); Stable Diffusion attends at every level but the lowest resolution's.
         cross_attention_heads: Heads of the cross-attention blocks; divides every level's width.
+        channels_last: Keep the 4-D weights and the input in ``torch.channels_last`` memory format
+            (NHWC), so the convolutions run their channels-last kernels; same outputs to float
+            round-off and the same parameters (benchmarks/switches.py measures it).
     """
 
     def __init__(
@@ -157,8 +160,10 @@ class UNet(nn.Module):
         text_encoder: Optional[nn.Module] = None,
         cross_attention_levels: Sequence[int] = (),
         cross_attention_heads: int = 4,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         ch, levels = base_channels, len(channel_mult)
         widths = [ch * m for m in channel_mult]
         if levels == 0:
@@ -233,6 +238,8 @@ class UNet(nn.Module):
                 self.up.append(Upsample(c))
         self.norm_out = _norm(c, num_groups)
         self.conv_out = _init(nn.Conv2d(c, self.out_channels, 3, padding=1), zero=True)
+        if channels_last:  # .to(device) and load_state_dict keep the layout
+            self.to(memory_format=torch.channels_last)
 
     def forward(
         self, x: Tensor, t: Tensor, y: Optional[Tensor] = None, context: Optional[TextContext] = None
@@ -260,6 +267,8 @@ class UNet(nn.Module):
                 f"UNet: expected x (B, {self.in_channels}, H, W) and t (B,), "
                 f"got x {tuple(x.shape)} and t {tuple(t.shape)}"
             )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         temb = self.temb(timestep_embedding(t, self.base_channels))  # (B, D)
         y = check_labels("UNet", self.num_classes, y, B, none_is_null=True, device=x.device)  # (B,) or None
         if self.label_emb is not None:
