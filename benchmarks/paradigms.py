@@ -52,7 +52,7 @@ PARADIGMS = {
     "dcgan": ("gan/dcgan_mnist.yaml", "DCGAN", False),
     "dcgan_cond": ("gan/dcgan_mnist_cond.yaml", "conditional DCGAN", True),
     "vae": ("vae/mnist.yaml", "VAE (MLP)", False),
-    "pixelcnn": ("ar/pixelcnn_mnist.yaml", "Gated PixelCNN", True),
+    "pixelcnn": ("ar/pixelcnn_mnist.yaml", "Gated PixelCNN (binarised)", False),
     "maskgit": ("masked/maskgit_mnist.yaml", "MaskGIT (VQ tokens)", True),
 }
 
@@ -76,7 +76,7 @@ class CPUBudget(Callback):
     def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         self.used = time.process_time() - self.start
         while self.saved < self.points and self.used >= self.budget * self.saved / self.points:
-            trainer.save_checkpoint(self.folder / f"step={trainer.global_step}.ckpt")
+            trainer.save_checkpoint(self.folder / f"budget-step={trainer.global_step}.ckpt")
             self.saved += 1
         if self.used >= self.budget:
             trainer.should_stop = True
@@ -103,12 +103,12 @@ def fit_one(name: str, out: Path, budget_min: float, points: int) -> None:
         str(folder),
     ]
     cli = LitGenAICLI(args=args, run=False)
-    budget = CPUBudget(budget_min, points, folder / "budget")
+    budget = CPUBudget(budget_min, points, folder / "checkpoints")  # where lit_genai.load finds the run
     cli.trainer.callbacks.append(budget)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     wall = (time.perf_counter() - start) / 60
-    final = folder / "budget" / "final.ckpt"
+    final = folder / "checkpoints" / "budget-final.ckpt"
     cli.trainer.save_checkpoint(final)
     module = lit_genai.load(final)
     cond = list(range(10)) if conditional else None
@@ -119,9 +119,11 @@ def fit_one(name: str, out: Path, budget_min: float, points: int) -> None:
     grid = lit_genai.generate(module, 10, seed=0, cond=cond)  # uint8 (10, 1, 28, 28)
     torch.save(grid, folder / "grid.pt")
     params = sum(p.numel() for p in module.parameters()) - sum(
-        p.numel() for n, p in module.named_parameters() if n.startswith(("autoencoder.", "tokenizer."))
+        p.numel()
+        for n, p in module.named_parameters()
+        if n.startswith(("autoencoder.", "first_stage.", "tokenizer."))
     )
-    steps = {int(p.stem.split("=")[1]): p for p in (folder / "budget").glob("step=*.ckpt")}
+    steps = {int(p.stem.split("=")[1]): p for p in (folder / "checkpoints").glob("budget-step=*.ckpt")}
     checkpoints = [steps[k] for k in sorted(steps)] + [final]
     info = {
         "name": name,
@@ -236,7 +238,7 @@ def report(args: argparse.Namespace) -> None:
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(docs / "paradigms_grid.png")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     for _, label, _, info in rows:
         points = len(info["tests"])
         minutes = [info["budget_min"] * (i + 1) / points for i in range(points - 1)] + [info["fit_minutes"]]
@@ -247,7 +249,7 @@ def report(args: argparse.Namespace) -> None:
     ax.set_xlabel("training minutes (CPU time, 1 thread)")
     ax.set_ylabel(f"FID_mnist ({samples} samples)")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(docs / "paradigms_fid_vs_minutes.png")
     print(f"wrote {docs / 'paradigms_grid.png'} and {docs / 'paradigms_fid_vs_minutes.png'}")
