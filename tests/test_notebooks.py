@@ -13,6 +13,7 @@ the machine that ran it.
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,19 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 STEPS = 2
 SAMPLES = 2  # images per model or per row
 MAX_BYTES = 500_000
-# Absolute paths of a machine: temporary and work folders, home folders.
-MACHINE_PATH = re.compile(r"/tmp/|/work/|/home/|/Users/|[A-Za-z]:\\\\Users")
+# Absolute paths of the machine that ran a notebook: its checkout, temporary folder and home, and
+# home folders in general.
+_HERE = (NOTEBOOK_DIR.parent, Path(tempfile.gettempdir()), Path.home())
+MACHINE_PATH = re.compile(
+    "|".join(
+        [
+            *(re.escape(str(p)) for p in _HERE if len(p.parts) > 1),
+            r"/home/",
+            r"/Users/",
+            r"[A-Za-z]:\\\\Users",
+        ]
+    )
+)
 
 
 def load(path: Path) -> dict:
